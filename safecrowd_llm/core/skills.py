@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 from torch import Tensor
 
 from .priors import Prior
@@ -44,7 +42,9 @@ class SkillSelection:
         return self.latents.shape[0]
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int) -> KMeans:
+def _kmeans(x: np.ndarray, k: int, seed: int):
+    from sklearn.cluster import KMeans  # imported here: scikit-learn takes seconds to import
+
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
 
 
@@ -73,6 +73,8 @@ def select_skills(
         lo, hi = max(2, k_range[0]), min(k_range[1], n - 1)
         if lo > hi:
             raise ValueError(f"a silhouette sweep needs at least 3 annotators, got {n}")
+        from sklearn.metrics import silhouette_score
+
         fits = {kk: _kmeans(x, kk, seed) for kk in range(lo, hi + 1)}
         scores = {kk: float(silhouette_score(x, f.labels_)) for kk, f in fits.items()}
         k = max(scores, key=scores.get)
