@@ -26,8 +26,8 @@ def posterior_means(vae: PreferenceVAE, crowd) -> torch.Tensor:
 
 def test_vae_separates_user_types_and_every_skill_prefers_safe():
     torch.manual_seed(0)
-    train, train_types = make_crowd(64, 40, seed=1)
-    held, held_types = make_crowd(40, 40, seed=2)
+    train, train_types = make_crowd(64, 64, seed=1)
+    held, held_types = make_crowd(40, 64, seed=2)
     vae = PreferenceVAE(SetEncoder(FEATURES, 2, hidden_dim=64, num_layers=1), StandardNormalPrior(2))
     reward = LatentRewardMLP(FEATURES, 2, hidden_dim=64)
     params = [*vae.parameters(), *reward.parameters()]
@@ -37,7 +37,7 @@ def test_vae_separates_user_types_and_every_skill_prefers_safe():
 
     # gradients reach every parameter of the encoder and the decoder, except the reward's output
     # bias: Bradley-Terry only sees utility differences, so a constant shift has no gradient
-    loss, _ = vae.loss(next(iterate_set_batches(train, 16, (8, 16), generator=g)), log_lik, 0.1)
+    loss, _ = vae.loss(next(iterate_set_batches(train, 16, (8, 24), generator=g)), log_lik, 0.1)
     loss.backward()
     named = [*vae.encoder.named_parameters(), *reward.named_parameters()]
     no_grad = [n for n, p in named if p.grad is None or p.grad.abs().sum() == 0]
@@ -45,8 +45,8 @@ def test_vae_separates_user_types_and_every_skill_prefers_safe():
     opt.zero_grad()
 
     history, step = [], 0
-    for _ in range(70):
-        for batch in iterate_set_batches(train, 16, (8, 16), generator=g):
+    for _ in range(60):
+        for batch in iterate_set_batches(train, 16, (8, 24), generator=g):
             loss, metrics = vae.loss(batch, log_lik, schedule(step))
             opt.zero_grad()
             loss.backward()
@@ -60,13 +60,14 @@ def test_vae_separates_user_types_and_every_skill_prefers_safe():
     accuracy = probe.score(posterior_means(vae, held).numpy(), [held_types[a] for a in held.annotator_ids])
     assert accuracy >= 0.95
 
-    # (2) every decoded skill ranks every safe item above every unsafe one (the shared principle)
+    # (2) every decoded skill prefers the safe side on every one of 1000 fresh safe-vs-unsafe pairs,
+    # whatever the tastes of the two sides (the shared principle nobody labelled)
     skills = select_skills(posterior_means(vae, train), train.annotator_ids, vae.prior, k=2)
-    items = sample_items(2000, torch.Generator().manual_seed(5))
-    safe, unsafe = items[items[:, 1] == 0], items[items[:, 1] == 1]
+    g_eval = torch.Generator().manual_seed(5)
+    safe, unsafe = sample_items(1000, g_eval, unsafe_rate=0.0), sample_items(1000, g_eval, unsafe_rate=1.0)
     with torch.no_grad():
         for z in skills.latents:
-            assert reward.step_reward(safe, z).min() > reward.step_reward(unsafe, z).max()
+            assert (reward.step_reward(safe, z) > reward.step_reward(unsafe, z)).all()
     # and the skills keep the users' differences: opposite tastes, each covering mostly one type
     hi, lo = safe.clone(), safe.clone()
     hi[:, 0], lo[:, 0] = 0.9, -0.9
