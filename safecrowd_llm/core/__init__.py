@@ -12,6 +12,7 @@ from .data import (
     PreferenceSetBatch,
     collate_sets,
     iterate_set_batches,
+    pad_sets,
     split_context_target,
 )
 from .elbo import KLSchedule, elbo_loss
@@ -45,6 +46,7 @@ __all__ = [
     "elbo_loss",
     "high_level_loss",
     "iterate_set_batches",
+    "pad_sets",
     "select_skills",
     "split_context_target",
 ]

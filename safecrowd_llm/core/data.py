@@ -21,6 +21,7 @@ __all__ = [
     "PreferenceSetBatch",
     "collate_sets",
     "iterate_set_batches",
+    "pad_sets",
     "split_context_target",
 ]
 
@@ -260,6 +261,15 @@ def _pad(parts: Sequence[PreferenceSet]) -> tuple[Tensor, ...]:
     return a, b, y, w, mask, ids
 
 
+def pad_sets(contexts: Sequence[PreferenceSet], targets: Sequence[PreferenceSet]) -> PreferenceSetBatch:
+    """Pad already-split context and target parts (one of each per annotator) into a batch."""
+    if len(contexts) != len(targets) or not contexts:
+        raise ValueError(f"need one context and one target part per annotator, got {len(contexts)}/{len(targets)}")
+    ca, cb, cy, _, cm, cid = _pad(contexts)
+    ta, tb, ty, tw, tm, tid = _pad(targets)
+    return PreferenceSetBatch([s.annotator_id for s in contexts], ca, cb, cy, cm, cid, ta, tb, ty, tw, tm, tid)
+
+
 def collate_sets(
     sets: Sequence[PreferenceSet],
     context_size: int | tuple[int, int],
@@ -274,9 +284,7 @@ def collate_sets(
         ci, ti = split_context_target(len(s), context_size, generator, disjoint=disjoint, max_target=max_target)
         ctx_parts.append(s.subset(ci))
         tgt_parts.append(s.subset(ti))
-    ca, cb, cy, _, cm, cid = _pad(ctx_parts)
-    ta, tb, ty, tw, tm, tid = _pad(tgt_parts)
-    return PreferenceSetBatch([s.annotator_id for s in sets], ca, cb, cy, cm, cid, ta, tb, ty, tw, tm, tid)
+    return pad_sets(ctx_parts, tgt_parts)
 
 
 def iterate_set_batches(
