@@ -49,11 +49,15 @@ class PreferenceVAE(nn.Module):
         *,
         num_samples: int = 1,
         kl_samples: int = 16,
+        deterministic: bool = False,
     ) -> tuple[Tensor, dict[str, float]]:
-        """Negative ELBO of a batch; averages the likelihood over ``num_samples`` draws of z'."""
+        """Negative ELBO of a batch; averages the likelihood over ``num_samples`` draws of z'.
+
+        ``deterministic`` scores at the posterior mean instead (evaluation).
+        """
         q = self.posterior(batch)
-        z = q.rsample(num_samples)  # (S, A, D)
-        log_lik = torch.stack([log_likelihood(z[s], batch) for s in range(num_samples)]).mean(0)
+        z = q.mean.unsqueeze(0) if deterministic else q.rsample(num_samples)  # (S, A, D)
+        log_lik = torch.stack([log_likelihood(z[s], batch) for s in range(z.shape[0])]).mean(0)
         return elbo_loss(log_lik, self.prior.kl(q, kl_samples), beta, batch.tgt_mask)
 
 

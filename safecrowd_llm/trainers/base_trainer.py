@@ -1,0 +1,147 @@
+"""What the Safe-VPL and Safe-CPL trainers share: set batches in, the core's ELBO out.
+
+A ``transformers.Trainer`` whose batch is a handful of annotators (see ``set_data``). The loss is the
+core's negative ELBO; a subclass only says how to score one target comparison for a latent z'
+(``pair_scores``) and turns scores into a log-likelihood (``pair_log_likelihood``). Checkpoints hold
+only the trained parts (:class:`LatentSkillModel`), and ``resume_from_checkpoint`` works as usual.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import Trainer
+
+from ..core import KLSchedule, PreferenceSetBatch
+from ..latent_lora import set_latent
+from .set_data import AnnotatorSetCollator, AnnotatorSetDataset, EpochCallback, TokenizedPairs
+from .skill_model import SKILL_MODEL_WEIGHTS, LatentSkillModel
+
+__all__ = ["LatentSetTrainer", "sequence_logps"]
+
+
+def sequence_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of the response tokens ``(B,)`` and their count ``(B,)``.
+
+    ``logits (B, L, V)`` predict token t+1 at position t, so they are compared with ``input_ids[:, 1:]``.
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    token_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+    mask = response_mask[:, 1:].to(token_logp.dtype)
+    return (token_logp * mask).sum(-1), mask.sum(-1)
+
+
+class LatentSetTrainer(Trainer):
+    """Base trainer: builds the collator, runs the ELBO, logs metrics, saves only trained weights."""
+
+    def __init__(
+        self,
+        model: LatentSkillModel,
+        args,
+        train_dataset: AnnotatorSetDataset,
+        tokens: TokenizedPairs,
+        eval_dataset: AnnotatorSetDataset | None = None,
+        processing_class=None,
+        callbacks: list | None = None,
+    ) -> None:
+        pad = processing_class.pad_token_id if processing_class is not None else 0
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=AnnotatorSetCollator(tokens, pad),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=[EpochCallback(train_dataset), *(callbacks or [])],
+        )
+        self.tokens = tokens
+        self.kl_schedule = KLSchedule(args.kl_beta, args.kl_schedule, args.kl_warmup_steps, args.kl_cycle_steps)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def pair_scores(self, model: LatentSkillModel, inputs: dict[str, Any], z_seq: Tensor) -> dict[str, Tensor]:
+        """Score the ``2M`` target sequences under per-sequence latents ``z_seq (2M, D)``."""
+        raise NotImplementedError
+
+    def pair_log_likelihood(self, scores: dict[str, Tensor], y: Tensor, weights: Tensor) -> Tensor:
+        """``(M,)`` log-likelihood of the M comparisons (chosen = first half of the sequences)."""
+        raise NotImplementedError
+
+    def extra_loss(self, scores: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
+        """An additional loss term (e.g. CPL's BC term) computed from the same forward pass."""
+        return None, {}
+
+    # ------------------------------------------------------------------ the loss
+
+    def _set_log_likelihood(self, model: LatentSkillModel, inputs: dict[str, Any], cache: dict, z: Tensor, sets: PreferenceSetBatch) -> Tensor:
+        pair_set, pair_slot = inputs["pair_set"], inputs["pair_slot"]
+        z_pairs = z[pair_set]  # (M, D)
+        z_seq = torch.cat([z_pairs, z_pairs])  # (2M, D): chosen sequences, then rejected
+        # no `with`: backward runs after compute_loss returns and may re-run forwards (checkpointing)
+        set_latent(model.backbone, z_seq)
+        scores = self.pair_scores(model, inputs, z_seq)
+        y = sets.tgt_y[pair_set, pair_slot]
+        w = sets.tgt_weights[pair_set, pair_slot]
+        ll_pairs = self.pair_log_likelihood(scores, y, w)
+        cache.setdefault("scores", []).append(scores)
+        ll = sets.tgt_y.new_zeros(sets.tgt_y.shape)
+        return ll.index_put((pair_set, pair_slot), ll_pairs)  # (A, Nt), zero on padding
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unwrapped = self.accelerator.unwrap_model(model)
+        sets: PreferenceSetBatch = inputs["sets"].to(self.args.device)
+        cache: dict[str, list] = {}
+        beta = self.kl_schedule(self.state.global_step)
+        loss, metrics = unwrapped.vae.loss(
+            sets,
+            partial(self._set_log_likelihood, unwrapped, inputs, cache),
+            beta,
+            num_samples=self.args.num_latent_samples if model.training else 1,
+            deterministic=not model.training,
+        )
+        extra, extra_metrics = self.extra_loss(cache["scores"][-1])
+        if extra is not None:
+            loss = loss + extra
+        metrics.update(extra_metrics)
+        mode = "train" if model.training else "eval"
+        for k, v in metrics.items():
+            self._metrics[mode][k].append(v)
+        return (loss, {}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    # ------------------------------------------------------------------ checkpoints: trained parts only
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, SKILL_MODEL_WEIGHTS)):
+            raise ValueError(f"no {SKILL_MODEL_WEIGHTS} in checkpoint {resume_from_checkpoint}")
+        self.accelerator.unwrap_model(model or self.model).load_trainable(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)

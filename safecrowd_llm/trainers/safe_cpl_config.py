@@ -1,0 +1,49 @@
+"""Configuration of :class:`SafeCPLTrainer`: ``TrainingArguments`` plus CPL and latent-skill arguments.
+
+TRL has no CPL trainer, so this extends transformers' ``TrainingArguments`` directly (all of its
+options — logging, checkpointing, ``resume_from_checkpoint``, ``report_to``, accelerate — apply).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .latent_config import LatentSkillArguments
+
+__all__ = ["SafeCPLConfig"]
+
+
+@dataclass
+class SafeCPLConfig(LatentSkillArguments, TrainingArguments):
+    """Safe-CPL: a latent-conditioned policy pi(y | x, z') trained with the CPL regret ELBO.
+
+    f(y | x, z') = alpha * sum_t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)]  (reference
+    term only with ``use_reference``); P(chosen) = exp f_c / (exp f_c + exp(lam * f_r)).
+    ``per_device_train_batch_size`` counts *annotators* (whole preference sets) per step.
+    """
+
+    alpha: float = field(default=0.1, metadata={"help": "CPL temperature alpha on the (log-ratio) log-probs."})
+    lam: float = field(default=0.5, metadata={"help": "Conservative bias lambda in (0, 1] on the rejected side."})
+    use_reference: bool = field(
+        default=True,
+        metadata={"help": "Score log-ratios against the frozen base (DPO-style) instead of raw log-probs."},
+    )
+    bc_coef: float = field(
+        default=0.1,
+        metadata={"help": "Weight of the NLL of chosen responses under z' (keeps a small model fluent)."},
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on where CUDA has it."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimisation steps."})
+
+    def __post_init__(self) -> None:
+        self.cpu_friendly_defaults()
+        if not 0.0 < self.lam <= 1.0:
+            raise ValueError(f"lam must be in (0, 1], got {self.lam}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        super().__post_init__()
+        self.validate_latent_args()

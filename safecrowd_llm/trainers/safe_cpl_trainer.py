@@ -1,0 +1,78 @@
+"""Safe-CPL: a latent-conditioned policy learned directly from crowd preferences (no reward, no RL).
+
+For an annotator's latent z' the policy pi(y | x, z') is the base LM with the latent LoRA at z'.
+Each target comparison is scored with the CPL regret likelihood (core ``cpl_log_likelihood``) on
+f = alpha * sum_t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)], with conservative bias lam.
+A behaviour-cloning term on the chosen responses keeps a small model fluent (CPL alone erodes it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..core import cpl_log_likelihood
+from ..latent_lora import set_latent
+from .base_trainer import LatentSetTrainer, sequence_logps
+from .set_data import TokenizedPairs, _pad_right
+
+__all__ = ["SafeCPLTrainer", "reference_logps"]
+
+
+@torch.no_grad()
+def reference_logps(model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id: int, batch_size: int = 32) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of every chosen and rejected response under ``model`` as it is now (the reference).
+
+    Call it before training: a freshly injected latent LoRA is zero, so this is the base model.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    set_latent(model, None)
+    out = []
+    for seqs, plens in ((tokens.chosen, tokens.chosen_prompt_len), (tokens.rejected, tokens.rejected_prompt_len)):
+        sums = []
+        for start in tqdm(range(0, len(seqs), batch_size), desc="reference log-probs", leave=False):
+            chunk, pl = seqs[start : start + batch_size], plens[start : start + batch_size]
+            ids = _pad_right(chunk, pad_token_id).to(device)
+            pos = torch.arange(ids.shape[1], device=device)
+            lengths = torch.tensor([len(s) for s in chunk], device=device)
+            attn = pos < lengths[:, None]
+            resp = attn & (pos >= torch.tensor(pl, device=device)[:, None])
+            logits = model(input_ids=ids, attention_mask=attn.long()).logits
+            sums.append(sequence_logps(logits, ids, resp)[0].cpu())
+        out.append(torch.cat(sums))
+    model.train(was_training)
+    return out[0], out[1]
+
+
+class SafeCPLTrainer(LatentSetTrainer):
+    """Trains a :class:`LatentSkillModel` of kind ``safe-cpl`` with a :class:`SafeCPLConfig`."""
+
+    def __init__(self, model, args, train_dataset, tokens: TokenizedPairs, **kwargs) -> None:
+        if args.use_reference and tokens.ref_chosen is None:
+            pad = kwargs["processing_class"].pad_token_id if kwargs.get("processing_class") is not None else 0
+            tokens.ref_chosen, tokens.ref_rejected = reference_logps(model.backbone, tokens, pad)
+        super().__init__(model, args, train_dataset, tokens, **kwargs)
+
+    def pair_scores(self, model, inputs, z_seq):
+        logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        logps, n_tokens = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"])
+        ratio = logps - inputs["ref_logps"] if self.args.use_reference else logps
+        return {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
+
+    def pair_log_likelihood(self, scores, y, weights):
+        f = scores["ratio"]
+        m = f.shape[0] // 2
+        return cpl_log_likelihood(
+            f[:m, None], f[m:, None], y, alpha=self.args.alpha, lam=self.args.lam, weights=weights,
+            flip_prob=self.args.flip_prob,
+        )
+
+    def extra_loss(self, scores):
+        m = scores["logps"].shape[0] // 2
+        nll = -scores["logps"][:m].sum() / scores["n_tokens"][:m].sum().clamp(min=1)
+        f = scores["ratio"]
+        metrics = {"bc_nll": nll.item(), "accuracy": (f[:m] > f[m:]).float().mean().item()}
+        return (self.args.bc_coef * nll if self.args.bc_coef else None), metrics

@@ -1,0 +1,142 @@
+"""Safe-CPL / Safe-VPL trainers on a tiny untrained model: they learn, save, resume and export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("trl", reason="needs the llm extra: pip install -e '.[llm]'")
+
+from peft import PeftModel
+
+from safecrowd_llm.data import build_crowd
+from safecrowd_llm.embeddings import cached_embeddings, embed_texts
+from safecrowd_llm.latent_lora import set_latent
+from safecrowd_llm.skills_export import export_skills, load_manifest
+from safecrowd_llm.textworld import TextWorld, sample_crowd, to_dataset
+from safecrowd_llm.tiny_base import build_tiny_model, train_tokenizer, world_texts
+from safecrowd_llm.trainers import (
+    AnnotatorSetDataset,
+    LatentSkillModel,
+    SafeCPLConfig,
+    SafeCPLTrainer,
+    SafeVPLConfig,
+    SafeVPLTrainer,
+    tokenize_pairs,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    world = TextWorld.from_yaml(**{"crowd.num_annotators": 12, "crowd.pairs_per_annotator": 10})
+    ds = to_dataset(sample_crowd(world, seed=0))
+    tok = train_tokenizer(world_texts(world))
+    base = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    texts = [f"{p}\n{r}" for side in ("chosen", "rejected") for p, r in zip(ds["prompt"], ds[side])]
+    emb = embed_texts(base, tok, texts, progress=False)
+    n = len(ds)
+    crowd = build_crowd(ds, emb[:n], emb[n:])
+    tokens = tokenize_pairs(tok, ds["prompt"], ds["chosen"], ds["rejected"], 96)
+    return {"tok": tok, "base_state": base.state_dict(), "config": base.config, "crowd": crowd, "tokens": tokens, "dim": emb.shape[1]}
+
+
+def make_trainer(setup, kind: str, out: Path, **overrides):
+    from transformers import Qwen2ForCausalLM
+
+    base = Qwen2ForCausalLM(setup["config"])
+    base.load_state_dict(setup["base_state"])
+    cfg_cls, tr_cls = (SafeCPLConfig, SafeCPLTrainer) if kind == "safe-cpl" else (SafeVPLConfig, SafeVPLTrainer)
+    kwargs = dict(
+        output_dir=str(out), max_steps=8, per_device_train_batch_size=4, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, latent_dim=2, encoder_hidden_dim=16, encoder_layers=1, max_target_pairs=3,
+        lora_r=4, kl_warmup_steps=4, seed=0, disable_tqdm=True,
+    )
+    kwargs.update(overrides)
+    args = cfg_cls(**kwargs)
+    model = LatentSkillModel.build(base, args, feature_dim=setup["dim"], base_model_name_or_path="tiny", kind=kind)
+    data = AnnotatorSetDataset(setup["crowd"], (args.context_min, args.context_max), args.max_target_pairs, seed=0)
+    return tr_cls(model=model, args=args, train_dataset=data, tokens=setup["tokens"], processing_class=setup["tok"])
+
+
+@pytest.mark.parametrize("kind", ["safe-cpl", "safe-vpl"])
+def test_every_trainable_parameter_changes_and_metrics_are_logged(setup, kind, tmp_path):
+    trainer = make_trainer(setup, kind, tmp_path, learning_rate=1e-2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(k in logged[0] for k in ("elbo", "kl", "log_lik", "accuracy", "beta"))
+    unchanged = [n for n, p in trainer.model.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    # Bradley-Terry sees reward differences only: the head's bias gets (numerically) no gradient
+    assert [n for n in unchanged if n != "head.bias"] == []
+    frozen = [n for n, p in trainer.model.backbone.named_parameters() if not p.requires_grad]
+    assert frozen and all("lora" not in n for n in frozen)
+
+
+def test_cpl_learns_the_crowd_preferences(setup, tmp_path):
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, max_steps=30, learning_rate=1e-2, logging_steps=5)
+    trainer.train()
+    ll = [h["log_lik"] for h in trainer.state.log_history if "log_lik" in h]
+    assert ll[-1] > ll[0] + 0.05, ll
+
+
+def test_resume_from_checkpoint_gives_the_uninterrupted_result(setup, tmp_path):
+    full = make_trainer(setup, "safe-cpl", tmp_path / "a", save_strategy="steps", save_steps=4)
+    full.train()
+    resumed = make_trainer(setup, "safe-cpl", tmp_path / "b")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+    last = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h][-1]  # noqa: E731
+    assert last(resumed) == pytest.approx(last(full), rel=1e-4)
+    for (n, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+    ckpt = tmp_path / "a" / "checkpoint-4"
+    assert (ckpt / "skill_model.safetensors").exists() and not (ckpt / "model.safetensors").exists()
+
+
+def test_export_writes_peft_adapters_and_manifest(setup, tmp_path):
+    from transformers import Qwen2ForCausalLM
+
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, learning_rate=1e-2)
+    trainer.train()
+    model = trainer.model
+    _, manifest = export_skills(model, setup["crowd"], tmp_path / "skills", num_skills=2, training_config={"a": 1})
+    loaded = load_manifest(tmp_path / "skills")
+    assert loaded["latent_dim"] == 2 and len(loaded["skills"]) == 2 and loaded["config_hash"]
+    assert sorted(a for s in loaded["skills"] for a in s["annotators"]) == sorted(setup["crowd"].annotator_ids)
+    ids = torch.tensor([setup["tokens"].chosen[0]])
+    for skill in loaded["skills"]:
+        base = Qwen2ForCausalLM(setup["config"])
+        base.load_state_dict(setup["base_state"])
+        peft_logits = PeftModel.from_pretrained(base, skill["path"]).eval()(input_ids=ids).logits
+        model.eval()
+        with set_latent(model.backbone, torch.tensor(skill["latent"])), torch.no_grad():
+            latent_logits = model.backbone(input_ids=ids).logits
+        torch.testing.assert_close(peft_logits, latent_logits, atol=1e-4, rtol=1e-4)
+    assert json.loads((tmp_path / "skills" / "skills.json").read_text())["method"] == "safe-cpl"
+
+
+def test_embedding_cache_is_reused(setup, tmp_path):
+    from transformers import Qwen2ForCausalLM
+
+    base = Qwen2ForCausalLM(setup["config"])
+    base.load_state_dict(setup["base_state"])
+    texts = ["how do i bake bread ?", "i can not help with that ."]
+    first = cached_embeddings(base, setup["tok"], texts, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("embeddings-*.safetensors"))) == 1
+    torch.testing.assert_close(cached_embeddings(base, setup["tok"], texts, tmp_path, progress=False), first)
+    cached_embeddings(base, setup["tok"], texts[:1], tmp_path, progress=False)
+    assert len(list(tmp_path.glob("embeddings-*.safetensors"))) == 2  # other texts, other key
+
+
+def test_recipe_help_lists_method_options():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train_skills.py"), "--method", "safe-cpl", "--help"],
+        capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    ).stdout
+    assert "--lam" in out and "--latent_dim" in out and "--kl_schedule" in out
