@@ -105,7 +105,7 @@ def test_export_writes_peft_adapters_and_manifest(setup, tmp_path):
     trainer = make_trainer(setup, "safe-cpl", tmp_path, learning_rate=1e-2)
     trainer.train()
     model = trainer.model
-    _, manifest = export_skills(model, setup["crowd"], tmp_path / "skills", num_skills=2, training_config={"a": 1})
+    export_skills(model, setup["crowd"], tmp_path / "skills", num_skills=2, training_config={"a": 1})
     loaded = load_manifest(tmp_path / "skills")
     assert loaded["latent_dim"] == 2 and len(loaded["skills"]) == 2 and loaded["config_hash"]
     assert sorted(a for s in loaded["skills"] for a in s["annotators"]) == sorted(setup["crowd"].annotator_ids)
