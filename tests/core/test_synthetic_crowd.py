@@ -10,25 +10,27 @@ from safecrowd_llm.core import (
     SetEncoder,
     StandardNormalPrior,
     bradley_terry_batch_log_likelihood,
-    collate_sets,
     iterate_set_batches,
+    pad_sets,
     select_skills,
 )
 
 from .synthetic import FEATURES, make_crowd, sample_items
 
 
-def posterior_means(vae: PreferenceVAE, crowd) -> torch.Tensor:
-    batch = collate_sets(list(crowd.sets.values()), 10_000, disjoint=False)
+def posterior_means(vae: PreferenceVAE, crowd, context: int = 32) -> torch.Tensor:
+    sets = [s.subset(torch.arange(context)) for s in crowd.sets.values()]
     with torch.no_grad():
-        return vae.posterior(batch).mean
+        return vae.posterior(pad_sets(sets, sets)).mean
 
 
 def test_vae_separates_user_types_and_every_skill_prefers_safe():
     torch.manual_seed(0)
     train, train_types = make_crowd(64, 64, seed=1)
     held, held_types = make_crowd(40, 64, seed=2)
-    vae = PreferenceVAE(SetEncoder(FEATURES, 2, hidden_dim=64, num_layers=1), StandardNormalPrior(2))
+    # a Deep Set (no attention layers) trains most reliably on this crowd; attention is covered by the
+    # invariance tests of the encoder
+    vae = PreferenceVAE(SetEncoder(FEATURES, 2, hidden_dim=64, num_layers=0), StandardNormalPrior(2))
     reward = LatentRewardMLP(FEATURES, 2, hidden_dim=64)
     params = [*vae.parameters(), *reward.parameters()]
     opt = torch.optim.Adam(params, lr=3e-3)
@@ -37,7 +39,7 @@ def test_vae_separates_user_types_and_every_skill_prefers_safe():
 
     # gradients reach every parameter of the encoder and the decoder, except the reward's output
     # bias: Bradley-Terry only sees utility differences, so a constant shift has no gradient
-    loss, _ = vae.loss(next(iterate_set_batches(train, 16, (8, 24), generator=g)), log_lik, 0.1)
+    loss, _ = vae.loss(next(iterate_set_batches(train, 16, (8, 32), generator=g)), log_lik, 0.1)
     loss.backward()
     named = [*vae.encoder.named_parameters(), *reward.named_parameters()]
     no_grad = [n for n, p in named if p.grad is None or p.grad.abs().sum() == 0]
@@ -46,7 +48,7 @@ def test_vae_separates_user_types_and_every_skill_prefers_safe():
 
     history, step = [], 0
     for _ in range(60):
-        for batch in iterate_set_batches(train, 16, (8, 24), generator=g):
+        for batch in iterate_set_batches(train, 16, (8, 32), generator=g):
             loss, metrics = vae.loss(batch, log_lik, schedule(step))
             opt.zero_grad()
             loss.backward()
