@@ -3,6 +3,7 @@
     accelerate launch recipes/train_skills.py --config recipes/textworld_cpl.yaml
     python recipes/train_skills.py --config recipes/textworld_cpl.yaml --max_steps 50
     python recipes/train_skills.py --method safe-vpl --help      # every option of that method
+    python recipes/train_skills.py --method pooled-dpo ...       # the no-latent baselines (TRL DPO / reward)
 
 Outputs, under ``output_dir``: ``latent_model/`` (encoder, prior and latent LoRA: what training
 changed), ``skills/`` (one PEFT adapter per skill + ``skills.json``), and the usual checkpoints.
@@ -20,7 +21,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from trl import TrlParser
 
-from safecrowd_llm.train_skills import METHODS, SkillDataArguments, train_skills
+from safecrowd_llm.pooled import POOLED_METHODS, train_pooled
+from safecrowd_llm.train_skills import ALL_METHODS, METHODS, SkillDataArguments, train_skills
 
 
 def method_from_argv(argv: list[str]) -> str:
@@ -40,12 +42,16 @@ def method_from_argv(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     method = method_from_argv(argv)
-    if method not in METHODS:
-        raise SystemExit(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if method not in ALL_METHODS:
+        raise SystemExit(f"unknown method {method!r}; choose one of {ALL_METHODS}")
+    config_cls = POOLED_METHODS[method] if method in POOLED_METHODS else METHODS[method][0]
     parser = TrlParser(
-        (SkillDataArguments, METHODS[method][0]), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        (SkillDataArguments, config_cls), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     data_args, training_args = parser.parse_args_and_config(argv)
+    if method in POOLED_METHODS:
+        print(f"pooled baseline saved to {train_pooled(data_args, training_args)}")
+        return {}
     manifest = train_skills(data_args, training_args)
     for skill in manifest.get("skills", []):
         print(f"{skill['name']}: z'={skill['latent']} log p(z')={skill['log_prior']:.2f} "

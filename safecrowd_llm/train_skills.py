@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .data import build_crowd, load_preferences, to_text
 from .embeddings import cached_embeddings
+from .pooled import POOLED_METHODS
 from .skills_export import export_skills
 from .trainers import (
     AnnotatorSetDataset,
@@ -27,18 +28,22 @@ from .trainers import (
     tokenize_pairs,
 )
 
-__all__ = ["METHODS", "SkillDataArguments", "train_skills"]
+__all__ = ["ALL_METHODS", "METHODS", "SkillDataArguments", "train_skills"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = {"safe-cpl": (SafeCPLConfig, SafeCPLTrainer), "safe-vpl": (SafeVPLConfig, SafeVPLTrainer)}
+ALL_METHODS = [*METHODS, *POOLED_METHODS]
 
 
 @dataclass
 class SkillDataArguments:
     """What to train on: the base model, the preference data and the method."""
 
-    method: str = field(default="safe-cpl", metadata={"help": "Skill-discovery method: safe-cpl or safe-vpl."})
+    method: str = field(
+        default="safe-cpl",
+        metadata={"help": "safe-cpl or safe-vpl (latent skills), or the no-latent baselines pooled-reward / pooled-dpo."},
+    )
     base_model: str = field(default="", metadata={"help": "Base causal LM: a local path or hub name."})
     dataset: str = field(
         default="",
@@ -46,12 +51,11 @@ class SkillDataArguments:
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to read when loading by name."})
     min_pairs: int = field(default=4, metadata={"help": "Drop annotators with fewer comparisons than this."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     dtype: str = field(default="float32", metadata={"help": "Base model dtype: float32, bfloat16 or float16."})
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.method not in ALL_METHODS:
+            raise ValueError(f"method must be one of {ALL_METHODS}, got {self.method!r}")
 
 
 def _render(tokenizer, prompt, response) -> str:
@@ -71,11 +75,11 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
     if not isinstance(args, config_cls):
         raise TypeError(f"method {data_args.method} needs a {config_cls.__name__}, got {type(args).__name__}")
     out = Path(args.output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(data_args.base_model, trust_remote_code=data_args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(data_args.base_model, trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     backbone = AutoModelForCausalLM.from_pretrained(
-        data_args.base_model, dtype=getattr(torch, data_args.dtype), trust_remote_code=data_args.trust_remote_code
+        data_args.base_model, dtype=getattr(torch, data_args.dtype), trust_remote_code=args.trust_remote_code
     )
 
     ds = load_preferences(data_args.dataset, split=data_args.dataset_split, min_pairs=data_args.min_pairs)

@@ -17,6 +17,9 @@ __all__ = ["LatentSkillArguments"]
 class LatentSkillArguments:
     """Encoder / prior / KL / latent-LoRA / skill-export settings."""
 
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the hub (off: only trusted architectures)."}
+    )
     latent_dim: int = field(default=4, metadata={"help": "Dimension of the annotator latent z'."})
     encoder_hidden_dim: int = field(default=128, metadata={"help": "Width of the set encoder."})
     encoder_layers: int = field(default=2, metadata={"help": "Self-attention layers over a preference set."})
@@ -45,6 +48,10 @@ class LatentSkillArguments:
     lora_r: int = field(default=8, metadata={"help": "Rank of the latent LoRA."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_latent_init: str = field(
+        default="zeros",
+        metadata={"help": "Init of the latent up-projections B_j: 'zeros' (start at the base) or 'gaussian'."},
+    )
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"],
         metadata={"help": "Module-name suffixes to adapt, or 'all-linear' (every linear but the head)."},

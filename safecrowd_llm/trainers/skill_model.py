@@ -62,6 +62,7 @@ class LatentSkillModel(nn.Module):
             r=args.lora_r,
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
+            init_latent_B=args.lora_latent_init,
             target_modules=args.lora_target_modules if args.lora_target_modules != ["all-linear"] else "all-linear",
         )
         spec = {

@@ -1,0 +1,135 @@
+"""Evaluate exported skills on the text world, and the encoder's context effect on held-out annotators.
+
+* Skills: sample from every skill adapter on held-out prompts; the world's judges read back refusal,
+  style and well-formedness, so "every skill is safe" and "skills differ in style" are measured, not
+  assumed.
+* Context: VPL's central effect — preference accuracy on a held-out annotator's target pairs with z'
+  inferred from their other pairs, versus the same model at the prior mean (no context).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from .core import Crowd, pad_sets, split_context_target
+from .latent_lora import set_latent
+from .skills_export import load_manifest
+from .textworld import TextWorld, parse_response, safety_cost
+from .textworld.judges import archetype_reward
+from .tiny_base import sample_completions
+from .trainers.base_trainer import sequence_logps
+from .trainers.set_data import AnnotatorSetCollator, TokenizedPairs
+from .trainers.skill_model import LatentSkillModel
+
+__all__ = ["context_effect", "evaluate_skills", "load_skills_model"]
+
+
+def load_skills_model(base_model: torch.nn.Module, skills_dir: str | Path) -> tuple[PeftModel, dict[str, Any]]:
+    """Every skill of a skills directory as a named adapter on one ``PeftModel``."""
+    manifest = load_manifest(skills_dir)
+    skills = manifest["skills"]
+    model = PeftModel.from_pretrained(base_model, skills[0]["path"], adapter_name=skills[0]["name"])
+    for s in skills[1:]:
+        model.load_adapter(s["path"], adapter_name=s["name"])
+    return model.eval(), manifest
+
+
+def _style(parsed) -> str:
+    return f"{parsed.length}/{parsed.tone}/{parsed.format}"
+
+
+@torch.no_grad()
+def evaluate_skills(
+    model: PeftModel,
+    manifest: dict[str, Any],
+    tokenizer,
+    world: TextWorld,
+    prompts: Sequence,
+    *,
+    samples_per_prompt: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 80,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per skill: parse rate, refusal rate on hazardous / benign prompts, safety cost, style histogram,
+    and mean utility under every archetype; plus which skill each archetype likes best."""
+    hazardous = [p for p in prompts if p.hazardous]
+    benign = [p for p in prompts if not p.hazardous]
+    utilities = {a.name: archetype_reward(a.name, world) for a in world.archetypes}
+    report: dict[str, Any] = {"skills": {}}
+    for skill in manifest["skills"]:
+        model.set_adapter(skill["name"])
+        row: dict[str, Any] = {}
+        for group, ps in (("hazardous", hazardous), ("benign", benign)):
+            texts = sample_completions(
+                model, tokenizer, [p.text for p in ps], n=samples_per_prompt, temperature=temperature,
+                max_new_tokens=max_new_tokens, seed=seed,
+            )
+            ptexts = [p.text for p in ps for _ in range(samples_per_prompt)]
+            parsed = [parse_response(t, pt, world) for t, pt in zip(texts, ptexts)]
+            ok = [r for r in parsed if r is not None]
+            row[f"{group}_parse_rate"] = len(ok) / max(len(parsed), 1)
+            row[f"{group}_refusal_rate"] = sum(r.refused for r in ok) / max(len(ok), 1)
+            row[f"{group}_cost"] = sum(safety_cost(pt, t, world) for pt, t in zip(ptexts, texts)) / max(len(texts), 1)
+            if group == "benign":
+                styles = Counter(_style(r) for r in ok if not r.refused)
+                row["styles"] = dict(styles.most_common())
+                row["top_style"] = styles.most_common(1)[0][0] if styles else None
+                row["utility"] = {
+                    a: sum(f(pt, t) for pt, t in zip(ptexts, texts)) / max(len(texts), 1) for a, f in utilities.items()
+                }
+        report["skills"][skill["name"]] = row
+    rows = report["skills"]
+    report["min_hazardous_refusal"] = min(r["hazardous_refusal_rate"] for r in rows.values())
+    report["favourite_skill"] = {a: max(rows, key=lambda s, a=a: rows[s]["utility"][a]) for a in utilities}
+    fav_styles = {a.name: _style(world.favourite(a.name)) for a in world.archetypes}
+    report["archetype_style_found"] = {a: any(r["top_style"] == st for r in rows.values()) for a, st in fav_styles.items()}
+    return report
+
+
+@torch.no_grad()
+def context_effect(
+    model: LatentSkillModel, crowd: Crowd, tokens: TokenizedPairs, pad_token_id: int, *, seed: int = 0
+) -> dict[str, float]:
+    """Preference accuracy on held-out annotators' target halves: z' from the context half vs z' = 0.
+
+    The score of a comparison is the decoder's: CPL's log-ratio margin (or summed log-prob without a
+    reference) and Safe-VPL's reward margin.
+    """
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    collate = AnnotatorSetCollator(tokens, pad_token_id)
+    hits = {"with_context": 0, "without_context": 0}
+    total = 0
+    for s in crowd.sets.values():
+        ctx, tgt = split_context_target(len(s), len(s) // 2, g)
+        batch = collate([{"context": s.subset(ctx), "target": s.subset(tgt)}])
+        z_post = model.vae.posterior(pad_sets([s.subset(ctx)], [s.subset(tgt)])).mean  # (1, D)
+        m = batch["pair_set"].shape[0]
+        for key, z in (("with_context", z_post), ("without_context", torch.zeros_like(z_post))):
+            margin = _margins(model, batch, z.expand(2 * m, -1), m)
+            hits[key] += int((margin > 0).sum())
+        total += m
+    return {k: v / max(total, 1) for k, v in hits.items()} | {"pairs": total}
+
+
+def _margins(model: LatentSkillModel, batch: dict[str, Any], z_seq: torch.Tensor, m: int) -> torch.Tensor:
+    set_latent(model.backbone, z_seq)
+    if model.head is not None:
+        mask = batch["attention_mask"]
+        hidden = model.backbone.base_model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+        h_last = hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
+        score = model.reward(h_last, z_seq)
+    else:
+        logits = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        score = sequence_logps(logits, batch["input_ids"], batch["response_mask"])[0]
+        if "ref_logps" in batch:
+            score = score - batch["ref_logps"]
+    set_latent(model.backbone, None)
+    return score[:m] - score[m:]
