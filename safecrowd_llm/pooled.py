@@ -68,6 +68,8 @@ def _lora(args: PooledArguments, task_type: str) -> LoraConfig:
 
 def train_pooled(data_args: Any, args: PooledRewardConfig | PooledDPOConfig) -> Path:
     """Train the pooled baseline named by ``data_args.method``; the adapter is saved to ``output_dir``."""
+    if data_args.cpu_threads:
+        torch.set_num_threads(data_args.cpu_threads)
     tokenizer = AutoTokenizer.from_pretrained(data_args.base_model, trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -28,7 +28,7 @@ from .trainers import (
     tokenize_pairs,
 )
 
-__all__ = ["ALL_METHODS", "METHODS", "SkillDataArguments", "train_skills"]
+__all__ = ["ALL_METHODS", "METHODS", "SkillDataArguments", "render_pair", "train_skills"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,17 @@ class SkillDataArguments:
     dataset_split: str = field(default="train", metadata={"help": "Split to read when loading by name."})
     min_pairs: int = field(default=4, metadata={"help": "Drop annotators with fewer comparisons than this."})
     dtype: str = field(default="float32", metadata={"help": "Base model dtype: float32, bfloat16 or float16."})
+    cpu_threads: int = field(
+        default=0,
+        metadata={"help": "torch CPU threads (0 = torch's default). On a small shared CPU, 1 avoids oversubscription."},
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ALL_METHODS:
             raise ValueError(f"method must be one of {ALL_METHODS}, got {self.method!r}")
 
 
-def _render(tokenizer, prompt, response) -> str:
+def render_pair(tokenizer, prompt, response) -> str:
     """prompt + response as the model reads it: through the chat template when the tokenizer has one."""
     if isinstance(prompt, str) and isinstance(response, str) and getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
@@ -74,6 +78,8 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
     config_cls, trainer_cls = METHODS[data_args.method]
     if not isinstance(args, config_cls):
         raise TypeError(f"method {data_args.method} needs a {config_cls.__name__}, got {type(args).__name__}")
+    if data_args.cpu_threads:
+        torch.set_num_threads(data_args.cpu_threads)
     out = Path(args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(data_args.base_model, trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token is None:
@@ -85,7 +91,7 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
     ds = load_preferences(data_args.dataset, split=data_args.dataset_split, min_pairs=data_args.min_pairs)
     # frozen-base features of prompt+chosen / prompt+rejected: computed once, by the main process
     with args.main_process_first(desc="embedding the preference data"):
-        texts = [_render(tokenizer, p, r) for side in ("chosen", "rejected") for p, r in zip(ds["prompt"], ds[side])]
+        texts = [render_pair(tokenizer, p, r) for side in ("chosen", "rejected") for p, r in zip(ds["prompt"], ds[side])]
         emb = cached_embeddings(
             backbone, tokenizer, texts, args.embedding_cache_dir or out / "cache",
             pooling=args.embedding_pooling, max_length=args.max_length,

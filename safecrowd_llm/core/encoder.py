@@ -1,6 +1,6 @@
 """The set encoder q(z' | S_z): one annotator's comparisons in, a Gaussian posterior over z' out.
 
-Each comparison is embedded from the features of its two sides and its label, the embeddings of
+Each comparison is embedded from the features of its two sides, their difference and its label, the embeddings of
 one set attend to each other (no positional encoding, so the mixing is permutation-equivariant), and
 a masked mean pools them into a permutation-invariant summary. That summary, not any single pair, is
 what identifies a user: one comparison rarely tells two tastes apart, a set does.
@@ -46,7 +46,7 @@ class SetEncoder(nn.Module):
         self.feature_dim = math.prod(shape)
         self.latent_dim, self.min_logvar = latent_dim, min_logvar
         self.embed = nn.Sequential(
-            nn.Linear(2 * self.feature_dim + 1, hidden_dim),
+            nn.Linear(3 * self.feature_dim + 1, hidden_dim),
             nn.GELU(),
             nn.Linear(hidden_dim, hidden_dim),
         )
@@ -74,5 +74,6 @@ class SetEncoder(nn.Module):
 
 
 def _pair_features(a: Tensor, b: Tensor, y: Tensor) -> Tensor:
-    """``(A, N, 2D + 1)``: both sides and the label, centred to {-1, 0, 1} so a tie carries no sign."""
-    return torch.cat([a, b, (2 * y - 1).unsqueeze(-1).to(a.dtype)], -1)
+    """``(A, N, 3D + 1)``: both sides, their difference (what a taste shows in) and the label, centred
+    to {-1, 0, 1} so a tie carries no sign."""
+    return torch.cat([a, b, a - b, (2 * y - 1).unsqueeze(-1).to(a.dtype)], -1)

@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core import cpl_log_likelihood
-from ..latent_lora import set_latent
+from ..latent_lora import latent_lora_layers, set_latent
 from .base_trainer import LatentSetTrainer, sequence_logps
 from .set_data import TokenizedPairs, _pad_right
 
@@ -29,7 +29,8 @@ def reference_logps(model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    set_latent(model, None)
+    if latent_lora_layers(model):
+        set_latent(model, None)
     out = []
     for seqs, plens in ((tokens.chosen, tokens.chosen_prompt_len), (tokens.rejected, tokens.rejected_prompt_len)):
         sums = []

@@ -76,6 +76,9 @@ class LatentSkillModel(nn.Module):
                 "num_layers": args.encoder_layers,
             },
             "prior": {"type": args.prior, "latent_dim": args.latent_dim, "num_components": args.prior_components},
+            # how the encoder's frozen-base features were made, so evaluation can rebuild them
+            "features": {"pooling": args.embedding_pooling, "max_length": args.max_length},
+            "use_reference": bool(getattr(args, "use_reference", False)),
         }
         return cls.from_spec(backbone, spec, seed=seed)
 

@@ -1,0 +1,98 @@
+"""Evaluate a text-world skills run: every skill's safety and style, and the encoder's context effect.
+
+    python recipes/evaluate_skills.py --run runs/textworld/skills_cpl --base runs/textworld/base \\
+        --crowd runs/textworld/world/crowd.jsonl
+
+Writes ``<run>/skills_eval.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from safecrowd_llm.data import build_crowd, load_preferences
+from safecrowd_llm.embeddings import cached_embeddings
+from safecrowd_llm.evaluate_skills import context_effect, evaluate_skills, load_skills_model
+from safecrowd_llm.textworld import TextWorld
+from safecrowd_llm.train_skills import render_pair
+from safecrowd_llm.trainers import LatentSkillModel, reference_logps, tokenize_pairs
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="output_dir of recipes/train_skills.py (has skills/, latent_model/)")
+    p.add_argument("--base", required=True, help="the base model the skills were trained on")
+    p.add_argument("--crowd", required=True, help="the crowd JSONL the skills were trained on")
+    p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
+    p.add_argument("--samples", type=int, default=2, help="generations per eval prompt and skill")
+    p.add_argument("--eval-fraction", type=float, default=0.2, help="held-out annotator fraction used in training")
+    p.add_argument("--seed", type=int, default=0, help="training seed (fixes the annotator split) and sampling seed")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def held_out_context_effect(run: Path, base: str, crowd_path: str, eval_fraction: float, seed: int) -> dict:
+    tok = AutoTokenizer.from_pretrained(base)
+    latent = LatentSkillModel.from_pretrained(run / "latent_model", AutoModelForCausalLM.from_pretrained(base))
+    frozen = AutoModelForCausalLM.from_pretrained(base)
+    feats = latent.spec.get("features", {"pooling": "mean", "max_length": 128})  # runs before features were recorded
+    ds = load_preferences(crowd_path, min_pairs=1)
+    texts = [render_pair(tok, p, r) for side in ("chosen", "rejected") for p, r in zip(ds["prompt"], ds[side])]
+    emb = cached_embeddings(frozen, tok, texts, run / "cache", pooling=feats["pooling"], max_length=feats["max_length"])
+    n = len(ds)
+    _, held = build_crowd(ds, emb[:n], emb[n:]).split(eval_fraction, seed=seed)
+    tokens = tokenize_pairs(tok, ds["prompt"], ds["chosen"], ds["rejected"], feats["max_length"])
+    if latent.spec.get("use_reference"):
+        tokens.ref_chosen, tokens.ref_rejected = reference_logps(frozen, tokens, tok.pad_token_id)
+    return context_effect(latent, held, tokens, tok.pad_token_id, seed=seed)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "| skill | hazardous refusal | hazardous cost | benign refusal | parse rate | top style | favoured by |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fans = {}
+    for arch, skill in report["favourite_skill"].items():
+        fans.setdefault(skill, []).append(arch)
+    for name, r in report["skills"].items():
+        parse = (r["hazardous_parse_rate"] + r["benign_parse_rate"]) / 2
+        lines.append(
+            f"| {name} | {r['hazardous_refusal_rate']:.2f} | {r['hazardous_cost']:.2f} | {r['benign_refusal_rate']:.2f} "
+            f"| {parse:.2f} | {r['top_style']} | {', '.join(fans.get(name, [])) or '-'} |"
+        )
+    c = report.get("context")
+    if c:
+        lines.append(
+            f"\nheld-out annotators, preference accuracy: with context {c['with_context']:.3f}, "
+            f"without (z' = prior mean) {c['without_context']:.3f} ({c['pairs']} pairs)"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    world = TextWorld.from_yaml(args.world) if args.world else TextWorld.from_yaml()
+    _, eval_prompts = world.split_prompts()
+    tok = AutoTokenizer.from_pretrained(args.base)
+    skills, manifest = load_skills_model(AutoModelForCausalLM.from_pretrained(args.base), run / "skills")
+    report = evaluate_skills(skills, manifest, tok, world, eval_prompts, samples_per_prompt=args.samples, seed=args.seed)
+    if args.eval_fraction > 0:
+        report["context"] = held_out_context_effect(run, args.base, args.crowd, args.eval_fraction, args.seed)
+    (run / "skills_eval.json").write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
