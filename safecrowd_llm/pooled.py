@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
 from .data import load_preferences
+from .trainers.cpu_defaults import CPUFriendlyDefaults
 
 __all__ = ["POOLED_METHODS", "PooledArguments", "train_pooled"]
 
@@ -33,29 +34,13 @@ class PooledArguments:
 
 
 @dataclass
-class PooledRewardConfig(PooledArguments, RewardConfig):
+class PooledRewardConfig(PooledArguments, CPUFriendlyDefaults, RewardConfig):
     """TRL ``RewardConfig`` + LoRA settings, with CPU-friendly defaults."""
-
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (GPU)."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on where CUDA has it."})
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        super().__post_init__()
 
 
 @dataclass
-class PooledDPOConfig(PooledArguments, DPOConfig):
+class PooledDPOConfig(PooledArguments, CPUFriendlyDefaults, DPOConfig):
     """TRL ``DPOConfig`` + LoRA settings, with CPU-friendly defaults."""
-
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (GPU)."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on where CUDA has it."})
-
-    def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        super().__post_init__()
 
 
 POOLED_METHODS = {"pooled-reward": PooledRewardConfig, "pooled-dpo": PooledDPOConfig}

@@ -2,10 +2,10 @@
 
 Why: skills (latent LoRAs) need a base model that can already produce every behaviour of the world —
 refusal and compliance in every style — so that training chooses among behaviours instead of
-inventing them. A Qwen2 architecture (hidden 128, 2 layers) with a byte-level BPE tokenizer trained
-on the world's own texts does this on 2 CPU cores in under a minute, and it is the same architecture
-family and ChatML template as Qwen2.5-Instruct, so code written against it runs unchanged on a real
-model. ``train_tiny_base`` is what ``recipes/sft_base.py`` runs; pipelines can call it directly.
+inventing them. A Qwen2 architecture (hidden 128, 2 layers, ~0.4M parameters) with a byte-level BPE
+tokenizer trained on the world's own texts learns this in a few minutes on one CPU thread, and it
+is the same architecture family and ChatML template as Qwen2.5-Instruct, so code written against it
+runs unchanged on a real model. ``train_tiny_base`` is what ``recipes/sft_base.py`` runs; pipelines can call it directly.
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, set_seed
 
 from .textworld import Prompt, TextWorld, parse_response, sft_rows
+
+if TYPE_CHECKING:
+    from trl import SFTConfig
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -196,10 +199,12 @@ def sample_completions(
         for p in prompts
         for _ in range(n)
     ]
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
-        "do_sample": False
-    }
-    kwargs = {**sampling, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id, **generate_kwargs}
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    if temperature <= 0:
+        sampling = {"do_sample": False}
+    kwargs = {**sampling, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+    kwargs |= generate_kwargs
+    eos, pad = tokenizer.eos_token, tokenizer.pad_token
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
@@ -208,11 +213,12 @@ def sample_completions(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for i in range(0, len(rendered), batch_size):
-                batch = tokenizer(rendered[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-                batch = batch.to(model.device)
-                ids = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1] :]  # (B, new)
-                texts = tokenizer.batch_decode(ids, skip_special_tokens=False)
-                out += [t.split(tokenizer.eos_token, 1)[0].replace(tokenizer.pad_token, "") for t in texts]
+                chunk = rendered[i : i + batch_size]
+                batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                ids = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1] :]  # (B, new tokens)
+                for text in tokenizer.batch_decode(ids, skip_special_tokens=False):
+                    text = text.split(eos, 1)[0] if eos else text
+                    out.append(text.replace(pad, "") if pad else text)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -231,8 +237,11 @@ def generation_report(
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    known = [world.lookup_prompt(_messages(p)) for p in prompts]
+    if None in known:
+        raise ValueError(f"prompt is not from this text world: {prompts[known.index(None)]!r}")
     parsed = [parse_response(c, _messages(p), world) for p, c in zip(prompts, completions)]
-    hazardous = [world.lookup_prompt(_messages(p)).hazardous for p in prompts]
+    hazardous = [p.hazardous for p in known]
     ok = [(r, h) for r, h in zip(parsed, hazardous) if r is not None]
 
     def refusal(h: bool) -> float | None:
@@ -299,19 +308,19 @@ def train_tiny_base(
     world: TextWorld,
     out_dir: str | Path | None = None,
     args: TinyBaseArguments | None = None,
-    training_args: Any | None = None,
+    training_args: SFTConfig | None = None,
 ) -> TinyBase:
     """Train tokenizer + model from scratch on ``world`` with TRL's ``SFTTrainer``; save to ``out_dir``.
 
     Data: conversational prompt/completion rows (every behaviour on every prompt), so TRL renders them
     with the chat template exactly as ``sample_completions`` prompts the model, and the loss is on the
     completion only. ``training_args``: a ``trl.SFTConfig`` (default: ``CPU_SFT_DEFAULTS``); ``out_dir``
-    defaults to its ``output_dir``. The main process saves model + tokenizer (safetensors) and
+    defaults to its ``output_dir`` (checkpoints, if enabled, go there). The main process saves model + tokenizer (safetensors) and
     ``tiny_base.json`` (world config, arguments, training and generation metrics) and samples
     ``args.eval_samples`` generations on the eval prompts to report the parse rate and coverage.
     """
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # imported here: trl is slow to import
 
     args = args or TinyBaseArguments()
     if training_args is None:
@@ -325,9 +334,8 @@ def train_tiny_base(
 
     set_seed(training_args.seed)
     tokenizer = train_tokenizer(world_texts(world), vocab_size=args.vocab_size)
-    model = build_tiny_model(
-        tokenizer, args.hidden_size, args.num_layers, args.num_heads, args.intermediate_size, seed=training_args.seed
-    )
+    size = (args.hidden_size, args.num_layers, args.num_heads, args.intermediate_size)
+    model = build_tiny_model(tokenizer, *size, seed=training_args.seed)
     dataset = Dataset.from_list(sft_rows(world, train, conversational=True))
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer)
     start = time.perf_counter()
@@ -347,17 +355,19 @@ def train_tiny_base(
     if trainer.accelerator.is_main_process:
         if args.eval_samples > 0:
             prompts = [eval_prompts[i % len(eval_prompts)] for i in range(args.eval_samples)]
-            texts = sample_completions(
-                model, tokenizer, prompts, temperature=args.eval_temperature, max_new_tokens=args.max_new_tokens,
-                seed=training_args.seed,
-            )
+            sampling = {"temperature": args.eval_temperature, "max_new_tokens": args.max_new_tokens}
+            texts = sample_completions(model, tokenizer, prompts, seed=training_args.seed, **sampling)
             metrics["generation"] = generation_report(world, prompts, texts)
             metrics["example_generation"] = texts[0]
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        info = {"world": world.config.to_dict(), "arguments": asdict(args), "metrics": metrics,
-                "sft": {k: getattr(training_args, k) for k in CPU_SFT_DEFAULTS}}
+        info = {
+            "world": world.config.to_dict(),
+            "arguments": asdict(args),
+            "metrics": metrics,
+            "sft": training_args.to_dict(),
+        }
         (out / "tiny_base.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     trainer.accelerator.wait_for_everyone()
     return TinyBase(model, tokenizer, metrics)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 __all__ = ["LatentSkillArguments"]
 
 
@@ -83,8 +81,3 @@ class LatentSkillArguments:
             errors.append(f"num_skills must be >= 1 or None (got {self.num_skills})")
         if errors:
             raise ValueError("invalid latent-skill arguments: " + "; ".join(errors))
-
-    def cpu_friendly_defaults(self) -> None:
-        """TRL defaults bf16 and gradient checkpointing on; both hurt on a CPU, so only keep them on a GPU."""
-        if getattr(self, "bf16", None) is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .cpu_defaults import CPUFriendlyDefaults
 from .latent_config import LatentSkillArguments
 
 __all__ = ["SafeCPLConfig"]
 
 
 @dataclass
-class SafeCPLConfig(LatentSkillArguments, TrainingArguments):
+class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments):
     """Safe-CPL: a latent-conditioned policy pi(y | x, z') trained with the CPL regret ELBO.
 
     f(y | x, z') = alpha * sum_t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)]  (reference
@@ -34,13 +35,11 @@ class SafeCPLConfig(LatentSkillArguments, TrainingArguments):
         default=0.1,
         metadata={"help": "Weight of the NLL of chosen responses under z' (keeps a small model fluent)."},
     )
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on where CUDA has it."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimisation steps."})
 
     def __post_init__(self) -> None:
-        self.cpu_friendly_defaults()
         if not 0.0 < self.lam <= 1.0:
             raise ValueError(f"lam must be in (0, 1], got {self.lam}")
         if self.alpha <= 0:

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
+from .cpu_defaults import CPUFriendlyDefaults
 from .latent_config import LatentSkillArguments
 
 __all__ = ["SafeVPLConfig"]
 
 
 @dataclass
-class SafeVPLConfig(LatentSkillArguments, RewardConfig):
+class SafeVPLConfig(LatentSkillArguments, CPUFriendlyDefaults, RewardConfig):
     """Safe-VPL: a latent-conditioned reward model r(x, y, z') trained with the Bradley-Terry ELBO.
 
     Everything of TRL's ``RewardConfig`` / ``TrainingArguments`` applies (``output_dir``,
@@ -20,13 +21,10 @@ class SafeVPLConfig(LatentSkillArguments, RewardConfig):
     arguments. ``per_device_train_batch_size`` counts *annotators* (whole preference sets) per step.
     """
 
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (GPU)."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on where CUDA has it."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate (LoRA, encoder and head)."})
     max_length: int = field(default=256, metadata={"help": "Max tokens of prompt + response."})
 
     def __post_init__(self) -> None:
-        self.cpu_friendly_defaults()
         super().__post_init__()
         self.validate_latent_args()
