@@ -6,12 +6,12 @@ import pytest
 
 pytest.importorskip("trl", reason="needs the llm extra: pip install -e '.[llm]'")
 
-from peft import PeftConfig  # noqa: E402
+from peft import PeftConfig
 
-from safecrowd_llm.pooled import PooledDPOConfig, PooledRewardConfig, train_pooled  # noqa: E402
-from safecrowd_llm.textworld import TextWorld, sample_crowd, write_jsonl  # noqa: E402
-from safecrowd_llm.tiny_base import build_tiny_model, train_tokenizer, world_texts  # noqa: E402
-from safecrowd_llm.train_skills import SkillDataArguments  # noqa: E402
+from safecrowd_llm.pooled import PooledDPOConfig, PooledRewardConfig, train_pooled
+from safecrowd_llm.textworld import TextWorld, sample_crowd, write_jsonl
+from safecrowd_llm.tiny_base import build_tiny_model, train_tokenizer, world_texts
+from safecrowd_llm.train_skills import SkillDataArguments
 
 
 @pytest.fixture(scope="module")
