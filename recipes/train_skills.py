@@ -2,6 +2,7 @@
 
     accelerate launch recipes/train_skills.py --config recipes/textworld_cpl.yaml
     python recipes/train_skills.py --config recipes/textworld_cpl.yaml --max_steps 50
+    torchrun --nproc_per_node 2 recipes/train_skills.py --config ...   # 2 CPU processes (DDP, gloo)
     python recipes/train_skills.py --method safe-vpl --help      # every option of that method
     python recipes/train_skills.py --method pooled-dpo ...       # the no-latent baselines (TRL DPO / reward)
 

@@ -2,7 +2,7 @@
 
 Why: skills (latent LoRAs) need a base model that can already produce every behaviour of the world —
 refusal and compliance in every style — so that training chooses among behaviours instead of
-inventing them. A Qwen2 architecture (hidden 128, 2 layers, ~0.4M parameters) with a byte-level BPE
+inventing them. A Qwen2 architecture (hidden 128, 2 layers, 4 heads, ~0.4M parameters) with a byte-level BPE
 tokenizer trained on the world's own texts learns this in a few minutes on one CPU thread, and it
 is the same architecture family and ChatML template as Qwen2.5-Instruct, so code written against it
 runs unchanged on a real model. ``train_tiny_base`` is what ``recipes/sft_base.py`` runs; pipelines can call it directly.
@@ -129,14 +129,17 @@ def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast,
     hidden_size: int = 128,
     num_layers: int = 2,
-    num_heads: int = 2,
+    num_heads: int = 4,
     intermediate_size: int | None = None,
     max_position_embeddings: int = 256,
     seed: int | None = None,
 ) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 causal LM sized for ``tokenizer`` (head_dim = hidden / heads).
 
-    ``intermediate_size`` defaults to 2 x hidden: on the text world as fluent as 4 x and ~25% faster.
+    Defaults differ from the prototype (2 heads of 64, MLP 4 x hidden) where measured on the default
+    world: 4 heads of 32 learn to copy the topic noun (2 heads often mix up topics that share a verb,
+    "write a poem" / "write a virus": 0.90-0.92 parseable at T=1 for 2 of 3 seeds, 0.98-0.99 with 4),
+    and an MLP of 2 x hidden is as fluent as 4 x and ~25% faster.
     Embeddings are tied (as in Qwen2.5-0.5B); eos / pad ids come from the tokenizer so ``generate``
     stops at ``<|im_end|>``. ``seed`` fixes the initialisation without touching the global RNG.
     """
@@ -282,7 +285,9 @@ class TinyBaseArguments:
     vocab_size: int = field(default=1024, metadata={"help": "Cap on the BPE vocabulary (the world needs ~570)."})
     hidden_size: int = field(default=128, metadata={"help": "Model width."})
     num_layers: int = field(default=2, metadata={"help": "Number of transformer layers."})
-    num_heads: int = field(default=2, metadata={"help": "Attention heads (head_dim = hidden_size / num_heads)."})
+    num_heads: int = field(
+        default=4, metadata={"help": "Attention heads (head_dim = hidden_size / num_heads; 4 copy topics reliably)."}
+    )
     intermediate_size: int | None = field(default=None, metadata={"help": "MLP width; unset = 2 x hidden_size."})
     eval_samples: int = field(
         default=100, metadata={"help": "Generations sampled after training (cycling over eval prompts); 0 = skip."}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from .data import build_crowd, load_preferences, to_text
 from .embeddings import cached_embeddings
@@ -80,6 +80,7 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
         raise TypeError(f"method {data_args.method} needs a {config_cls.__name__}, got {type(args).__name__}")
     if data_args.cpu_threads:
         torch.set_num_threads(data_args.cpu_threads)
+    set_seed(args.seed)  # the encoder and prior are initialised before the Trainer would seed
     out = Path(args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(data_args.base_model, trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token is None:

@@ -93,22 +93,23 @@ class LatentSetTrainer(Trainer):
         ll = sets.tgt_y.new_zeros(sets.tgt_y.shape)
         return ll.index_put((pair_set, pair_slot), ll_pairs)  # (A, Nt), zero on padding
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        unwrapped = self.accelerator.unwrap_model(model)
+    def _loss(self, inputs: dict[str, Any], model: LatentSkillModel) -> tuple[Tensor, dict[str, float]]:
         sets: PreferenceSetBatch = inputs["sets"].to(self.args.device)
         cache: dict[str, list] = {}
-        beta = self.kl_schedule(self.state.global_step)
-        loss, metrics = unwrapped.vae.loss(
+        loss, metrics = model.vae.loss(
             sets,
-            partial(self._set_log_likelihood, unwrapped, inputs, cache),
-            beta,
+            partial(self._set_log_likelihood, model, inputs, cache),
+            self.kl_schedule(self.state.global_step),
             num_samples=self.args.num_latent_samples if model.training else 1,
             deterministic=not model.training,
         )
         extra, extra_metrics = self.extra_loss(cache["scores"][-1])
-        if extra is not None:
-            loss = loss + extra
-        metrics.update(extra_metrics)
+        return (loss if extra is None else loss + extra), {**metrics, **extra_metrics}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # the whole loss runs inside the (possibly DDP-wrapped) model's forward, so a distributed
+        # wrapper sees exactly one forward per backward and synchronises every gradient
+        loss, metrics = model(partial(self._loss, inputs))
         mode = "train" if model.training else "eval"
         for k, v in metrics.items():
             self._metrics[mode][k].append(v)

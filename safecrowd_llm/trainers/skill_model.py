@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,14 @@ class LatentSkillModel(nn.Module):
             else GaussianMixturePrior(p["latent_dim"], p["num_components"], seed=seed)
         )
         return cls(backbone, PreferenceVAE(encoder, prior), spec, reward_head=spec["kind"] == "safe-vpl")
+
+    def forward(self, loss_fn: Callable[[LatentSkillModel], Any]) -> Any:
+        """Run a trainer's loss closure on this model.
+
+        The trainer computes encoder, latent LoRA and decoder in one closure; calling it through
+        ``forward`` keeps DDP / FSDP wrappers in the loop (they only sync what runs in their forward).
+        """
+        return loss_fn(self)
 
     @property
     def latent_dim(self) -> int:

@@ -9,20 +9,7 @@ pytest.importorskip("trl", reason="needs the llm extra: pip install -e '.[llm]'"
 from peft import PeftConfig
 
 from safecrowd_llm.pooled import PooledDPOConfig, PooledRewardConfig, train_pooled
-from safecrowd_llm.textworld import TextWorld, sample_crowd, write_jsonl
-from safecrowd_llm.tiny_base import build_tiny_model, train_tokenizer, world_texts
 from safecrowd_llm.train_skills import SkillDataArguments
-
-
-@pytest.fixture(scope="module")
-def base_and_crowd(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pooled")
-    world = TextWorld.from_yaml(**{"crowd.num_annotators": 6, "crowd.pairs_per_annotator": 8})
-    write_jsonl(sample_crowd(world, seed=0), root / "crowd.jsonl")
-    tok = train_tokenizer(world_texts(world))
-    build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0).save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    return root
 
 
 @pytest.mark.parametrize(("method", "config_cls", "task"), [
@@ -42,3 +29,4 @@ def test_pooled_baseline_trains_and_saves_an_adapter(base_and_crowd, tmp_path, m
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method must be one of"):
         SkillDataArguments(method="pooled-magic")
+

@@ -87,11 +87,12 @@ def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion(world, tokenizer):
         assert full["input_ids"][-2] == tokenizer.eos_token_id  # ... <|im_end|> \n
 
 
-def test_build_tiny_model_matches_the_prototype(tokenizer):
+def test_build_tiny_model_is_seeded_and_sized_for_the_tokenizer(tokenizer):
     model = build_tiny_model(tokenizer, seed=0)
     cfg = model.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (128, 2, 2)
-    assert cfg.hidden_size // cfg.num_attention_heads == 64 and cfg.vocab_size == len(tokenizer)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (128, 2, 4, 256)
+    assert cfg.vocab_size == len(tokenizer) and cfg.tie_word_embeddings
+    assert sum(p.numel() for p in model.parameters()) < 500_000
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     same = build_tiny_model(tokenizer, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), same.parameters()))
@@ -221,7 +222,7 @@ def test_recipe_yaml_is_cpu_safe_and_matches_the_programmatic_defaults():
     for key, value in CPU_SFT_DEFAULTS.items():
         if key not in ("max_steps", "save_strategy", "report_to"):  # parsed to an enum / a list
             assert getattr(training_args, key) == value, key
-    assert script_args == TinyBaseArguments(intermediate_size=256)
+    assert script_args == TinyBaseArguments()  # the YAML spells out the dataclass defaults
 
 
 def test_recipe_help_lists_every_option():
