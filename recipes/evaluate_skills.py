@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from safecrowd_llm.data import build_crowd, load_preferences
@@ -29,6 +30,10 @@ from safecrowd_llm.trainers import LatentSkillModel, reference_logps, tokenize_p
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="output_dir of recipes/train_skills.py (has skills/, latent_model/)")
+    p.add_argument(
+        "--single-adapter", action="store_true",
+        help="--run is one plain PEFT adapter (e.g. a pooled-dpo baseline), not a skills run",
+    )
     p.add_argument("--base", required=True, help="the base model the skills were trained on")
     p.add_argument("--crowd", required=True, help="the crowd JSONL the skills were trained on")
     p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
@@ -85,9 +90,14 @@ def main(argv=None) -> dict:
     world = TextWorld.from_yaml(args.world) if args.world else TextWorld.from_yaml()
     _, eval_prompts = world.split_prompts()
     tok = AutoTokenizer.from_pretrained(args.base)
-    skills, manifest = load_skills_model(AutoModelForCausalLM.from_pretrained(args.base), run / "skills")
+    base = AutoModelForCausalLM.from_pretrained(args.base)
+    if args.single_adapter:
+        manifest = {"skills": [{"name": run.name, "path": str(run)}]}
+        skills = PeftModel.from_pretrained(base, str(run), adapter_name=run.name).eval()
+    else:
+        skills, manifest = load_skills_model(base, run / "skills")
     report = evaluate_skills(skills, manifest, tok, world, eval_prompts, samples_per_prompt=args.samples, seed=args.seed)
-    if args.eval_fraction > 0:
+    if args.eval_fraction > 0 and not args.single_adapter:
         report["context"] = held_out_context_effect(run, args.base, args.crowd, args.eval_fraction, args.seed)
     (run / "skills_eval.json").write_text(json.dumps(report, indent=2))
     print(markdown(report))

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = TrlParser(
         (SkillDataArguments, config_cls), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of option values (CLI overrides it).")
     data_args, training_args = parser.parse_args_and_config(argv)
     if method in POOLED_METHODS:
         print(f"pooled baseline saved to {train_pooled(data_args, training_args)}")

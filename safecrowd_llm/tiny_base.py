@@ -78,6 +78,7 @@ CPU_SFT_DEFAULTS: dict[str, Any] = {
     "bf16": False,
     "activation_checkpointing": False,  # transformers 5 name of gradient_checkpointing (deprecated alias)
     "seed": 0,
+    "dataloader_pin_memory": False,  # nothing to pin to without an accelerator (avoids a warning)
 }
 
 
