@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from .atomic import atomic_path
 
 __all__ = ["cache_key", "cached_embeddings", "embed_texts"]
 
@@ -105,9 +106,6 @@ def cached_embeddings(
     if path.exists():
         return load_file(path)["embeddings"]
     emb = embed_texts(model, tokenizer, texts, **settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({"embeddings": emb.contiguous()}, tmp)
-    os.replace(tmp, path)  # atomic: a reader never sees a half-written file
+    with atomic_path(path) as tmp:  # a reader never sees a half-written file
+        save_file({"embeddings": emb.contiguous()}, str(tmp))
     return emb

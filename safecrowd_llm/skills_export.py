@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .atomic import write_json
 from .core import Crowd, SkillSelection, pad_sets, select_skills
 from .latent_lora import export_skill, set_latent
 from .trainers.skill_model import LatentSkillModel
@@ -51,13 +51,6 @@ def posterior_means(
         means.append(model.vae.posterior(batch).mean.cpu())
     model.train(was_training)
     return [s.annotator_id for s in sets], torch.cat(means)
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def export_skills(
@@ -100,7 +93,7 @@ def export_skills(
         "silhouette": {str(k): v for k, v in selection.silhouette.items()},
         "skills": skills,
     }
-    _atomic_json(out / SKILLS_MANIFEST, manifest)
+    write_json(manifest, out / SKILLS_MANIFEST)
     return selection, manifest
 
 

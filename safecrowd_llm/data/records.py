@@ -12,12 +12,13 @@ import gzip
 import json
 import lzma
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import datasets
+
+from ..atomic import write_jsonl
 
 __all__ = ["DataError", "Source", "iter_records", "load_hub", "write_jsonl"]
 
@@ -152,22 +153,3 @@ def iter_records(
         yield from _iter_dataset(ds, f"{source} [{split}]")
         return
     raise FileNotFoundError(f"{source}: no such file or directory")
-
-
-def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write rows as JSONL atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json, write_jsonl, write_text
 from .judges import _text, parse_response
 from .world import Prompt, ResponseSpec, TextWorld
 
@@ -36,12 +35,6 @@ __all__ = [
 ]
 
 EXCHANGE_COLUMNS = ("annotator_id", "prompt", "chosen", "rejected")
-
-
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
 
 
 def assign_archetypes(n: int, proportions: dict[str, float], rng: random.Random) -> list[str]:
@@ -177,44 +170,6 @@ def noiseless_label(
     """1 if ``archetype`` strictly prefers a, 0 if b, -1 on a tie (helper for tests and analysis)."""
     d = world.utility(archetype, hazardous, a) - world.utility(archetype, hazardous, b)
     return 1 if d > 0 else 0 if d < 0 else -1
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as JSON lines atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write one JSON document atomically."""
-    return write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", path)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

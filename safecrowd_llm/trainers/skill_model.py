@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..atomic import atomic_path, write_json
 from ..core import GaussianMixturePrior, PreferenceVAE, SetEncoder, StandardNormalPrior
 from ..latent_lora import (
     LatentLoraConfig,
@@ -136,9 +136,9 @@ class LatentSkillModel(nn.Module):
         """Write ``skill_model.json`` and ``skill_model.safetensors`` (each atomically)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / SKILL_MODEL_CONFIG, lambda p: Path(p).write_text(json.dumps(self.spec, indent=2)))
-        state = self.trainable_state_dict()
-        _atomic_write(out / SKILL_MODEL_WEIGHTS, lambda p: save_file(state, p, metadata={"format": "pt"}))
+        write_json(self.spec, out / SKILL_MODEL_CONFIG)
+        with atomic_path(out / SKILL_MODEL_WEIGHTS) as tmp:
+            save_file(self.trainable_state_dict(), str(tmp), metadata={"format": "pt"})
 
     def load_trainable(self, in_dir: str | os.PathLike) -> None:
         path = Path(in_dir) / SKILL_MODEL_WEIGHTS
@@ -154,13 +154,3 @@ class LatentSkillModel(nn.Module):
         model.load_trainable(in_dir)
         return model
 
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
