@@ -48,7 +48,7 @@ def held_out_context_effect(run: Path, base: str, crowd_path: str, eval_fraction
     tok = AutoTokenizer.from_pretrained(base)
     latent = LatentSkillModel.from_pretrained(run / "latent_model", AutoModelForCausalLM.from_pretrained(base))
     frozen = AutoModelForCausalLM.from_pretrained(base)
-    feats = latent.spec.get("features", {"pooling": "mean", "max_length": 128})  # runs before features were recorded
+    feats = latent.spec["features"]
     ds = load_preferences(crowd_path, min_pairs=1)
     texts = [render_pair(tok, p, r) for side in ("chosen", "rejected") for p, r in zip(ds["prompt"], ds[side])]
     emb = cached_embeddings(frozen, tok, texts, run / "cache", pooling=feats["pooling"], max_length=feats["max_length"])

@@ -59,7 +59,6 @@ class LatentSetTrainer(Trainer):
             processing_class=processing_class,
             callbacks=[EpochCallback(train_dataset), *(callbacks or [])],
         )
-        self.tokens = tokens
         self.kl_schedule = KLSchedule(args.kl_beta, args.kl_schedule, args.kl_warmup_steps, args.kl_cycle_steps)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
