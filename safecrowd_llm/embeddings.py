@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
+from .core.atomic import atomic_path
 
 __all__ = ["cache_key", "cached_embeddings", "embed_texts"]
 

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import datasets
 
-from ..atomic import write_jsonl
+from ..core.atomic import write_jsonl
 
 __all__ = ["DataError", "Source", "iter_records", "load_hub", "write_jsonl"]
 

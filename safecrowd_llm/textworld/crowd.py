@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_json, write_jsonl, write_text
+from ..core.atomic import write_json, write_jsonl, write_text
 from .judges import _text, parse_response
 from .world import Prompt, ResponseSpec, TextWorld
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..atomic import atomic_path, write_json
+from ..core.atomic import atomic_path, write_json
 from ..core import GaussianMixturePrior, PreferenceVAE, SetEncoder, StandardNormalPrior
 from ..latent_lora import (
     LatentLoraConfig,

@@ -1,5 +1,5 @@
 """Atomic file writes: write to a temporary sibling, then rename, so readers (and a resumed run) never
-see a half-written checkpoint, manifest or dataset."""
+see a half-written checkpoint, manifest or dataset. Domain-free, so both tracks use it."""
 
 from __future__ import annotations
 
