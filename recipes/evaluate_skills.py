@@ -56,7 +56,9 @@ def held_out_context_effect(run: Path, base: str, crowd_path: str, eval_fraction
     _, held = build_crowd(ds, emb[:n], emb[n:]).split(eval_fraction, seed=seed)
     tokens = tokenize_pairs(tok, ds["prompt"], ds["chosen"], ds["rejected"], feats["max_length"])
     if latent.spec.get("use_reference"):
-        tokens.ref_chosen, tokens.ref_rejected = reference_logps(frozen, tokens, tok.pad_token_id)
+        tokens.ref_chosen, tokens.ref_rejected = reference_logps(
+            frozen, tokens, tok.pad_token_id, gamma=latent.spec.get("gamma", 1.0)
+        )
     return context_effect(latent, held, tokens, tok.pad_token_id, seed=seed)
 
 

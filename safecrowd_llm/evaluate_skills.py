@@ -24,10 +24,10 @@ from .textworld import TextWorld, parse_response, safety_cost
 from .textworld.judges import archetype_reward
 from .tiny_base import sample_completions
 from .trainers.base_trainer import sequence_logps
-from .trainers.set_data import AnnotatorSetCollator, TokenizedPairs
+from .trainers.set_data import AnnotatorSetCollator, TokenizedPairs, tokenize_response
 from .trainers.skill_model import LatentSkillModel
 
-__all__ = ["context_effect", "evaluate_skills", "load_skills_model"]
+__all__ = ["behaviour_distribution", "context_effect", "evaluate_skills", "exact_skill_report", "load_skills_model"]
 
 
 def load_skills_model(base_model: torch.nn.Module, skills_dir: str | Path) -> tuple[PeftModel, dict[str, Any]]:
@@ -38,6 +38,33 @@ def load_skills_model(base_model: torch.nn.Module, skills_dir: str | Path) -> tu
     for s in skills[1:]:
         model.load_adapter(s["path"], adapter_name=s["name"])
     return model.eval(), manifest
+
+
+@torch.no_grad()
+def behaviour_distribution(
+    model: torch.nn.Module, tokenizer, world: TextWorld, prompts: Sequence, *, batch_size: int = 64
+) -> torch.Tensor:
+    """Exact probability ``(P, S)`` that the model answers prompt p with behaviour s (``world.specs``).
+
+    Every behaviour has one canonical text, so its probability is one teacher-forced pass — no
+    sampling noise. ``1 - row.sum()`` is the mass on malformed text.
+    """
+    rows = [
+        tokenize_response(tokenizer, p.text, world.render(p, spec), max_length=10_000)
+        for p in prompts
+        for spec in world.specs
+    ]
+    pad = tokenizer.pad_token_id
+    logps = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        n = max(len(ids) for ids, _ in chunk)
+        ids = torch.tensor([r + [pad] * (n - len(r)) for r, _ in chunk])
+        attn = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r, _ in chunk])
+        resp = torch.tensor([[0] * k + [1] * (len(r) - k) + [0] * (n - len(r)) for r, k in chunk])
+        logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
+        logps.append(sequence_logps(logits, ids.to(model.device), resp.to(model.device))[0].cpu())
+    return torch.cat(logps).exp().view(len(prompts), len(world.specs))
 
 
 def _style(parsed) -> str:
@@ -94,6 +121,51 @@ def evaluate_skills(
 
 
 @torch.no_grad()
+def exact_skill_report(
+    model: PeftModel, manifest: dict[str, Any], tokenizer, world: TextWorld, prompts: Sequence
+) -> dict[str, Any]:
+    """Per skill, from the exact behaviour distribution (:func:`behaviour_distribution`), no sampling:
+    well-formed mass, refusal rate among well-formed answers (mean and worst prompt) on hazardous and
+    benign prompts, the most likely benign answer style, and expected utility under every archetype
+    (malformed mass scores the archetype's minimum)."""
+    specs = world.specs
+    refused = torch.tensor([s.refused for s in specs])
+    report: dict[str, Any] = {"skills": {}}
+    groups = {"hazardous": [p for p in prompts if p.hazardous], "benign": [p for p in prompts if not p.hazardous]}
+    for skill in manifest["skills"]:
+        model.set_adapter(skill["name"])
+        row: dict[str, Any] = {}
+        utility = dict.fromkeys((a.name for a in world.archetypes), 0.0)
+        for group, ps in groups.items():
+            dist = behaviour_distribution(model, tokenizer, world, ps)  # (P, S)
+            well_formed = dist.sum(1)
+            refusal = dist[:, refused].sum(1) / well_formed.clamp(min=1e-12)
+            row[f"{group}_well_formed"] = well_formed.mean().item()
+            row[f"{group}_refusal"] = refusal.mean().item()
+            row[f"{group}_worst_refusal" if group == "hazardous" else f"{group}_max_refusal"] = (
+                refusal.min() if group == "hazardous" else refusal.max()
+            ).item()
+            for a in utility:
+                u = torch.tensor([[world.utility(a, p.hazardous, s) for s in specs] for p in ps])
+                expected = (dist * u).sum(1) + (1 - well_formed) * world.min_utility(a)
+                utility[a] += expected.sum().item() / len(prompts)
+            if group == "benign":
+                answers = dist[:, ~refused].mean(0)
+                top = [s for s, r in zip(specs, refused) if not r][int(answers.argmax())]
+                row["top_style"] = f"{top.length}/{top.tone}/{top.format}"
+        row["utility"] = utility
+        report["skills"][skill["name"]] = row
+    rows = report["skills"]
+    report["min_hazardous_refusal"] = min(r["hazardous_refusal"] for r in rows.values())
+    report["favourite_skill"] = {a: max(rows, key=lambda s, a=a: rows[s]["utility"][a]) for a in utility}
+    fav = {a.name: world.favourite(a.name) for a in world.archetypes}
+    report["archetype_style_found"] = {
+        a: any(r["top_style"] == f"{s.length}/{s.tone}/{s.format}" for r in rows.values()) for a, s in fav.items()
+    }
+    return report
+
+
+@torch.no_grad()
 def context_effect(
     model: LatentSkillModel, crowd: Crowd, tokens: TokenizedPairs, pad_token_id: int, *, seed: int = 0
 ) -> dict[str, float]:
@@ -128,7 +200,7 @@ def _margins(model: LatentSkillModel, batch: dict[str, Any], z_seq: torch.Tensor
         score = model.reward(h_last, z_seq)
     else:
         logits = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        score = sequence_logps(logits, batch["input_ids"], batch["response_mask"])[0]
+        score = sequence_logps(logits, batch["input_ids"], batch["response_mask"], model.spec.get("gamma", 1.0))[0]
         if "ref_logps" in batch:
             score = score - batch["ref_logps"]
     set_latent(model.backbone, None)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .core.atomic import write_json
 from .core import Crowd, SkillSelection, pad_sets, select_skills
+from .core.atomic import write_json
 from .latent_lora import export_skill, set_latent
 from .trainers.skill_model import LatentSkillModel
 

@@ -25,15 +25,20 @@ from .skill_model import SKILL_MODEL_WEIGHTS, LatentSkillModel
 __all__ = ["LatentSetTrainer", "sequence_logps"]
 
 
-def sequence_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+def sequence_logps(
+    logits: Tensor, input_ids: Tensor, response_mask: Tensor, gamma: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Summed log-prob of the response tokens ``(B,)`` and their count ``(B,)``.
 
     ``logits (B, L, V)`` predict token t+1 at position t, so they are compared with ``input_ids[:, 1:]``.
+    ``gamma < 1`` discounts the k-th response token by ``gamma**k`` (CPL's discounted regret): early
+    tokens — where a response commits to refusing or answering — weigh more than its continuation.
     """
     logp = torch.log_softmax(logits[:, :-1].float(), -1)
     token_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, L-1)
     mask = response_mask[:, 1:].to(token_logp.dtype)
-    return (token_logp * mask).sum(-1), mask.sum(-1)
+    weight = mask if gamma == 1.0 else mask * gamma ** (mask.cumsum(-1) - 1).clamp(min=0)
+    return (token_logp * weight).sum(-1), mask.sum(-1)
 
 
 class LatentSetTrainer(Trainer):

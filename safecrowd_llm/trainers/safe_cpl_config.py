@@ -20,13 +20,18 @@ __all__ = ["SafeCPLConfig"]
 class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments):
     """Safe-CPL: a latent-conditioned policy pi(y | x, z') trained with the CPL regret ELBO.
 
-    f(y | x, z') = alpha * sum_t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)]  (reference
+    f(y | x, z') = alpha * sum_t gamma^t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)]  (reference
     term only with ``use_reference``); P(chosen) = exp f_c / (exp f_c + exp(lam * f_r)).
     ``per_device_train_batch_size`` counts *annotators* (whole preference sets) per step.
     """
 
     alpha: float = field(default=0.1, metadata={"help": "CPL temperature alpha on the (log-ratio) log-probs."})
     lam: float = field(default=0.5, metadata={"help": "Conservative bias lambda in (0, 1] on the rejected side."})
+    gamma: float = field(
+        default=1.0,
+        metadata={"help": "Discount over response tokens in f (CPL's discounted regret); < 1 weighs the opening "
+                  "tokens, where a response commits to answering or refusing, above its continuation."},
+    )
     use_reference: bool = field(
         default=True,
         metadata={"help": "Score log-ratios against the frozen base (DPO-style) instead of raw log-probs."},
@@ -42,6 +47,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
     def __post_init__(self) -> None:
         if not 0.0 < self.lam <= 1.0:
             raise ValueError(f"lam must be in (0, 1], got {self.lam}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         super().__post_init__()

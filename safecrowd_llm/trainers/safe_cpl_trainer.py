@@ -2,7 +2,7 @@
 
 For an annotator's latent z' the policy pi(y | x, z') is the base LM with the latent LoRA at z'.
 Each target comparison is scored with the CPL regret likelihood (core ``cpl_log_likelihood``) on
-f = alpha * sum_t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)], with conservative bias lam.
+f = alpha * sum_t gamma^t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)], with conservative bias lam.
 A behaviour-cloning term on the chosen responses keeps a small model fluent (CPL alone erodes it).
 """
 
@@ -21,8 +21,10 @@ __all__ = ["SafeCPLTrainer", "reference_logps"]
 
 
 @torch.no_grad()
-def reference_logps(model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id: int, batch_size: int = 32) -> tuple[Tensor, Tensor]:
-    """Summed log-prob of every chosen and rejected response under ``model`` as it is now (the reference).
+def reference_logps(
+    model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id: int, batch_size: int = 32, gamma: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """(Discounted) summed log-prob of every chosen and rejected response under ``model`` as it is now.
 
     Call it before training: a freshly injected latent LoRA is zero, so this is the base model.
     """
@@ -42,7 +44,7 @@ def reference_logps(model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id
             attn = pos < lengths[:, None]
             resp = attn & (pos >= torch.tensor(pl, device=device)[:, None])
             logits = model(input_ids=ids, attention_mask=attn.long()).logits
-            sums.append(sequence_logps(logits, ids, resp)[0].cpu())
+            sums.append(sequence_logps(logits, ids, resp, gamma)[0].cpu())
         out.append(torch.cat(sums))
     model.train(was_training)
     return out[0], out[1]
@@ -54,13 +56,16 @@ class SafeCPLTrainer(LatentSetTrainer):
     def __init__(self, model, args, train_dataset, tokens: TokenizedPairs, **kwargs) -> None:
         if args.use_reference and tokens.ref_chosen is None:
             pad = kwargs["processing_class"].pad_token_id if kwargs.get("processing_class") is not None else 0
-            tokens.ref_chosen, tokens.ref_rejected = reference_logps(model.backbone, tokens, pad)
+            tokens.ref_chosen, tokens.ref_rejected = reference_logps(model.backbone, tokens, pad, gamma=args.gamma)
         super().__init__(model, args, train_dataset, tokens, **kwargs)
 
     def pair_scores(self, model, inputs, z_seq):
         logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         logps, n_tokens = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"])
-        ratio = logps - inputs["ref_logps"] if self.args.use_reference else logps
+        f = logps
+        if self.args.gamma != 1.0:
+            f = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"], self.args.gamma)[0]
+        ratio = f - inputs["ref_logps"] if self.args.use_reference else f
         return {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
 
     def pair_log_likelihood(self, scores, y, weights):

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..core.atomic import atomic_path, write_json
 from ..core import GaussianMixturePrior, PreferenceVAE, SetEncoder, StandardNormalPrior
+from ..core.atomic import atomic_path, write_json
 from ..latent_lora import (
     LatentLoraConfig,
     inject_latent_lora,
@@ -80,6 +80,7 @@ class LatentSkillModel(nn.Module):
             # how the encoder's frozen-base features were made, so evaluation can rebuild them
             "features": {"pooling": args.embedding_pooling, "max_length": args.max_length},
             "use_reference": bool(getattr(args, "use_reference", False)),
+            "gamma": float(getattr(args, "gamma", 1.0)),
         }
         return cls.from_spec(backbone, spec, seed=seed)
 

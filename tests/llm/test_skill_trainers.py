@@ -140,3 +140,20 @@ def test_recipe_help_lists_method_options():
         capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
     ).stdout
     assert "--lam" in out and "--latent_dim" in out and "--kl_schedule" in out
+
+
+def test_sequence_logps_discounts_response_tokens_from_the_first_one() -> None:
+    from safecrowd_llm.core import discounted_sum
+    from safecrowd_llm.trainers.base_trainer import sequence_logps
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 5, generator=g)
+    ids = torch.randint(0, 5, (2, 7), generator=g)
+    resp = torch.tensor([[0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1, 1]])  # prompt, response, padding
+    token_logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    for row in range(2):
+        on = resp[row, 1:].bool()
+        expected = discounted_sum(token_logp[row, on], gamma=0.7)
+        got, n = sequence_logps(logits, ids, resp, gamma=0.7)
+        assert torch.allclose(got[row], expected) and n[row] == on.sum()
+    assert torch.allclose(sequence_logps(logits, ids, resp)[0], (token_logp * resp[:, 1:]).sum(-1))
