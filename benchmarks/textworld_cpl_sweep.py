@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="runs trained at once")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
+    p.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing")
     return p.parse_args(argv)
 
 
@@ -117,8 +118,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     runs = [(run_name(o), o) for o in grid(args.set)]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        seconds = list(pool.map(lambda r: train(args, r[1], out / r[0]), runs))
+    seconds = [0.0] * len(runs)
+    if not args.score_only:
+        with ThreadPoolExecutor(args.parallel) as pool:
+            seconds = list(pool.map(lambda r: train(args, r[1], out / r[0]), runs))
     world = TextWorld.from_yaml(args.world)
     _, prompts = world.split_prompts()
     rows = []

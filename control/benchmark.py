@@ -1,0 +1,262 @@
+"""The control benchmark: envs x methods (x ablation values) x seeds, resumable, then the summary.
+
+    python -m control.benchmark --envs Run Circle --methods all --seeds 0 1 2 \\
+        --crowd control/crowds/balanced.yaml --profile quick --out runs/control/bench
+
+Per env: D_tau is generated once (cached under ``--data-root``); per seed the crowd is drawn with seed
+``crowd.seed + seed`` (the same crowd for every method of that seed). Each run trains
+``control.methods.train_method`` and evaluates the policy; a run is finished when its
+``DIR/<env>/<method_key>/seed<k>/results.json`` exists, and is then skipped. Ablations: ``--omegas``
+(RC's weight sweep), ``--beta-regs`` (our prior regulariser), ``--offline`` (our offline high level),
+``--flip-prob`` / ``--num-annotators`` (crowd overrides) and an imbalanced ``--crowd`` file; crowd
+ablations change every run, so give them their own ``--out``. At the end: ``summary.json``,
+``RESULTS.md`` and ``reward_cost.png`` (:mod:`control.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunSpec", "build_parser", "main", "plan_runs", "run_one", "train_method"]
+
+DEFAULT_METHODS = ("oracle", "task-only", "rc", "sopl", "safe-vpl", "safe-cpl")
+_OURS = ("safe-vpl", "safe-cpl")
+_LABELS = {"oracle": "Oracle", "task-only": "Task-only", "rc": "RC", "sopl": "SOPL",
+           "safe-vpl": "Safe-VPL", "safe-cpl": "Safe-CPL"}  # fmt: skip
+# the "test" profile must run in CI seconds: a tiny crowd unless the user overrides it
+_TEST_CROWD = {"num_annotators": 6, "pairs_per_annotator": 8, "segment_length": 10}
+
+
+def train_method(method: str, data: Any, crowd: Any, profile: Any, seed: int, workdir: Path,
+                 progress: bool = True, **options: Any) -> Any:  # fmt: skip
+    """Forward to :func:`control.methods.train_method` (imported lazily; tests replace this function)."""
+    from control.methods import train_method as impl
+
+    return impl(method, data, crowd, profile, seed, workdir, progress=progress, **options)
+
+
+def _method_names() -> tuple[str, ...]:
+    try:
+        from control.methods import METHODS
+
+        return tuple(METHODS)
+    except ImportError:
+        return DEFAULT_METHODS
+
+
+class RunSpec:
+    """One (method, options) variant: its directory key and table label."""
+
+    def __init__(self, method: str, options: dict[str, Any] | None = None) -> None:
+        self.method, self.options = method, dict(options or {})
+
+    @property
+    def key(self) -> str:
+        return "_".join([self.method, *(f"{k}{_fmt(v)}" for k, v in sorted(self.options.items()))])
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return _LABELS.get(self.method, self.method) + ("(ω=0.5)" if self.method == "rc" else "")
+        names = {"omega": "ω", "beta_reg": "β", "offline": "offline"}
+        parts = [
+            names.get(k, k) if v is True else f"{names.get(k, k)}={_fmt(v)}"
+            for k, v in sorted(self.options.items())
+        ]
+        return f"{_LABELS.get(self.method, self.method)}({', '.join(parts)})"
+
+    def __repr__(self) -> str:
+        return f"RunSpec({self.key})"
+
+
+def _fmt(v: Any) -> str:
+    return "" if v is True else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: list[float] | None = None,
+              offline: bool = False) -> list[RunSpec]:  # fmt: skip
+    """Expand methods with the ablation sweeps (RC per omega; ours per beta_reg, optionally offline)."""
+    out: list[RunSpec] = []
+    for m in methods:
+        if m == "rc" and omegas:
+            out += [RunSpec("rc", {"omega": float(w)}) for w in omegas]
+        elif m in _OURS:
+            extra = {"offline": True} if offline else {}
+            out += (
+                [RunSpec(m, {"beta_reg": float(b), **extra}) for b in beta_regs]
+                if beta_regs
+                else [RunSpec(m, extra)]
+            )
+        else:
+            out.append(RunSpec(m))
+    return out
+
+
+def _config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile: Any, out: Path,
+            progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train, evaluate and write ``results.json`` for one run (skips it when already finished)."""
+    import numpy as np
+
+    from control.envs import get_spec
+    from control.evaluate import dsrl_cost, evaluate_policy
+    from control.offline import package_versions
+    from safecrowd_llm.core.atomic import write_json
+
+    run_dir = out / env_id / run.key / f"seed{seed}"
+    results_path = run_dir / "results.json"
+    crowd_cfg = {k: v for k, v in asdict(crowd.spec).items() if k != "source"}
+    config = {"env": env_id, "method": run.method, "options": run.options, "seed": seed,
+              "profile": asdict(profile), "crowd": crowd_cfg,
+              "data": data.manifest.get("config_hash")}  # fmt: skip
+    chash = _config_hash(config)
+    if results_path.exists():
+        done = json.loads(results_path.read_text())
+        if done.get("config_hash") != chash:
+            raise RuntimeError(
+                f"{results_path} was produced with another configuration (config_hash {done.get('config_hash')} "
+                f"!= {chash}); use a new --out for a different crowd/profile, or delete the run"
+            )
+        return done
+    t0 = time.perf_counter()
+    policy = train_method(
+        run.method, data, crowd, profile, seed, run_dir / "work", progress=progress, **run.options
+    )
+    t1 = time.perf_counter()
+    episodes = evaluate_policy(
+        env_id, policy, profile.eval_episodes, seed, max_steps=profile.max_episode_steps
+    )
+    t2 = time.perf_counter()
+    spec = get_spec(env_id)
+    results = {
+        "env": env_id, "method": run.method, "method_key": run.key, "label": run.label,
+        "options": run.options, "seed": seed, "config": config, "config_hash": chash,
+        "versions": {"python": sys.version.split()[0], **package_versions()},
+        "episodes": episodes,
+        "mean_reward": float(np.mean([e["reward"] for e in episodes])),
+        "mean_cost": float(np.mean([e["cost"] for e in episodes])),
+        "dsrl_cost": float(np.mean([dsrl_cost(e["cost"], spec.cost_threshold) for e in episodes]))
+        if spec.cost_threshold else None,
+        "normalised": None,  # filled in by control.report once Oracle/Task-only of this seed exist
+        "train_seconds": round(t1 - t0, 2), "eval_seconds": round(t2 - t1, 2),
+    }  # fmt: skip
+    write_json(results, results_path)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from control.envs import env_names
+
+    p = argparse.ArgumentParser(
+        prog="python -m control.benchmark",
+        description="Run the control benchmark (envs x methods x seeds), resumably, and write summary.json, "
+        "RESULTS.md and reward_cost.png. Reward is normalised to Oracle = 1, cost to Task-only = 1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--envs",
+        nargs="+",
+        default=["Run", "Circle"],
+        metavar="ENV",
+        help=f"env ids or aliases; valid: {', '.join(env_names())}",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["all"],
+        metavar="METHOD",
+        help=f"'all' or any of: {', '.join(DEFAULT_METHODS)}",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument(
+        "--crowd",
+        type=Path,
+        default=Path(__file__).parent / "crowds" / "balanced.yaml",
+        help="crowd spec YAML (e.g. control/crowds/imbalanced_10to1.yaml)",
+    )
+    p.add_argument("--profile", default="quick", choices=["test", "quick", "paper"])
+    p.add_argument("--out", type=Path, required=True, help="results directory (re-run to resume)")
+    p.add_argument("--data-root", type=Path, default=Path("runs/control/data"), help="D_tau cache")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of D_tau (shared by all runs)")
+    p.add_argument("--omegas", nargs="+", type=float, help="RC sweep: one RC run per omega (Pareto curve)")
+    p.add_argument("--beta-regs", nargs="+", type=float, help="our prior-regulariser sweep (Safe-VPL/CPL)")
+    p.add_argument(
+        "--offline", action="store_true", help="train our high-level policy offline (BC term, Eq. 12)"
+    )
+    p.add_argument("--flip-prob", type=float, help="override the crowd's label flip probability")
+    p.add_argument("--num-annotators", type=int, help="override the crowd's number of annotators")
+    p.add_argument("--eval-episodes", type=int, help="override the profile's evaluation episodes")
+    p.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first failed run (default: log and go on)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+    from tqdm.auto import tqdm
+
+    from control.crowd import CrowdSpec, make_crowd
+    from control.envs import get_spec
+    from control.offline import load_or_generate
+    from control.profiles import get_profile
+    from control.report import write_report
+
+    torch.set_num_threads(1)
+    known = _method_names()
+    methods = list(known) if args.methods == ["all"] else args.methods
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise SystemExit(f"unknown method(s) {bad}; valid: all, {', '.join(known)}")
+    env_ids = [get_spec(e).env_id for e in args.envs]
+    profile = get_profile(
+        args.profile, **({"eval_episodes": args.eval_episodes} if args.eval_episodes else {})
+    )
+    overrides = dict(_TEST_CROWD) if profile.name == "test" else {}
+    overrides.update({k: v for k, v in (("flip_prob", args.flip_prob), ("num_annotators", args.num_annotators))
+                      if v is not None})  # fmt: skip
+    spec = CrowdSpec.from_yaml(args.crowd, **overrides)
+    runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline)
+    progress = not args.no_progress
+    failures: list[str] = []
+    bar = tqdm(
+        total=len(env_ids) * len(args.seeds) * len(runs), desc="benchmark", unit="run", disable=not progress
+    )
+    for env_id in env_ids:
+        data = load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
+        for seed in args.seeds:
+            crowd = make_crowd(data, spec.with_overrides(seed=spec.seed + seed))
+            for run in runs:
+                bar.set_postfix_str(f"{get_spec(env_id).alias} {run.key} s{seed}")
+                try:
+                    run_one(env_id, run, seed, data, crowd, profile, args.out, progress=progress)
+                except Exception:
+                    if args.fail_fast:
+                        raise
+                    failures.append(f"{env_id}/{run.key}/seed{seed}")
+                    tqdm.write(f"run {failures[-1]} failed:\n{traceback.format_exc()}")
+                bar.update(1)
+    bar.close()
+    write_report(args.out, title=f"Control benchmark ({profile.name}, crowd {spec.name})")
+    print(f"wrote {args.out / 'summary.json'}, {args.out / 'RESULTS.md'}, {args.out / 'reward_cost.png'}")
+    if failures:
+        print(f"{len(failures)} run(s) failed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

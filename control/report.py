@@ -1,0 +1,215 @@
+"""Benchmark summary: normalise every run, write ``summary.json``, ``RESULTS.md`` and a reward-vs-cost plot.
+
+Reads ``DIR/<env>/<method_key>/seed<k>/results.json`` (see :mod:`control.benchmark`). Per env and seed
+a run's mean episode reward is divided by Oracle's and its mean cost by Task-only's (same env, same
+seed); ratios are then averaged over the seeds that have both the run and its anchors. The paper's
+normalised numbers are also written back into each ``results.json`` (``"normalised"``).
+
+``summary.json``: ``{env: {method_key: {"reward", "reward_std", "cost", "cost_std", "seeds",
+"dsrl_cost", "dsrl_cost_std", "raw_reward", "raw_cost", "label", "method", "options"}}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from control.evaluate import mean_std, ratio
+
+__all__ = ["collect_runs", "plot_reward_cost", "summarise", "write_markdown", "write_report"]
+
+ORACLE, TASK_ONLY = "oracle", "task-only"
+_ORDER = ("oracle", "task-only", "sopl", "rc", "safe-vpl", "safe-cpl")
+
+
+def collect_runs(out: str | Path) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """``{env: {method_key: {seed: results}}}`` for every finished run under ``out``."""
+    runs: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for path in sorted(Path(out).glob("*/*/seed*/results.json")):
+        try:
+            res = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        res["_path"] = str(path)
+        runs.setdefault(res["env"], {}).setdefault(res["method_key"], {})[int(res["seed"])] = res
+    return runs
+
+
+def _finite(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def summarise(out: str | Path, rewrite_results: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
+    """Normalise every run (and write the numbers back into its results.json); return the summary."""
+    from safecrowd_llm.core.atomic import write_json
+
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for env, methods in collect_runs(out).items():
+        anchors = {
+            seed: (methods.get(ORACLE, {}).get(seed), methods.get(TASK_ONLY, {}).get(seed))
+            for seed in {s for runs in methods.values() for s in runs}
+        }
+        summary[env] = {}
+        for key in sorted(methods, key=_sort_key):
+            rew_ratios, cost_ratios, dsrl, raw_r, raw_c, seeds = [], [], [], [], [], []
+            for seed, res in sorted(methods[key].items()):
+                oracle, task = anchors[seed]
+                r_norm = ratio(res["mean_reward"], oracle["mean_reward"]) if oracle else float("nan")
+                c_norm = ratio(res["mean_cost"], task["mean_cost"]) if task else float("nan")
+                rew_ratios.append(r_norm)
+                cost_ratios.append(c_norm)
+                dsrl.append(res["dsrl_cost"] if res.get("dsrl_cost") is not None else float("nan"))
+                raw_r.append(res["mean_reward"])
+                raw_c.append(res["mean_cost"])
+                seeds.append(seed)
+                if rewrite_results:
+                    norm = {
+                        "reward": _finite(r_norm),
+                        "cost": _finite(c_norm),
+                        "oracle_mean_reward": oracle["mean_reward"] if oracle else None,
+                        "task_only_mean_cost": task["mean_cost"] if task else None,
+                        "episodes": [
+                            {"reward": _finite(ratio(e["reward"], oracle["mean_reward"])) if oracle else None,
+                             "cost": _finite(ratio(e["cost"], task["mean_cost"])) if task else None}
+                            for e in res["episodes"]
+                        ],
+                    }  # fmt: skip
+                    if res.get("normalised") != norm:
+                        path = res.pop("_path")
+                        res["normalised"] = norm
+                        write_json(res, path)
+            (rm, rs), (cm, cs), (dm, ds) = mean_std(rew_ratios), mean_std(cost_ratios), mean_std(dsrl)
+            first = next(iter(methods[key].values()))
+            summary[env][key] = {
+                "reward": _finite(rm), "reward_std": _finite(rs),
+                "cost": _finite(cm), "cost_std": _finite(cs),
+                "seeds": seeds,
+                "dsrl_cost": _finite(dm), "dsrl_cost_std": _finite(ds),
+                "raw_reward": float(np.mean(raw_r)), "raw_cost": float(np.mean(raw_c)),
+                "label": first.get("label", key), "method": first.get("method", key),
+                "options": first.get("options", {}),
+            }  # fmt: skip
+    return summary
+
+
+def _sort_key(key: str) -> tuple[int, str]:
+    base = key.split("_")[0]
+    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), key)
+
+
+def _cell(entry: dict[str, Any] | None, metric: str) -> str:
+    if entry is None or entry.get(metric) is None:
+        return "–"
+    std = entry.get(f"{metric}_std")
+    return f"{entry[metric]:.2f}" + (f"±{std:.2f}" if std else "")
+
+
+def write_markdown(summary: dict[str, dict[str, dict[str, Any]]], path: str | Path, title: str = "") -> str:
+    """The paper's layout: one row per env (+ Average), one column per method, cells "reward / cost"."""
+    from safecrowd_llm.core.atomic import write_text
+
+    if not summary:
+        text = f"# {title or 'Control benchmark'}\n\nNo finished runs yet.\n"
+        write_text(text, path)
+        return text
+    keys = sorted({k for methods in summary.values() for k in methods}, key=_sort_key)
+    labels = {k: next(m[k]["label"] for m in summary.values() if k in m) for k in keys}
+    lines = [f"# {title or 'Control benchmark'}", ""]
+    lines += [
+        "Reward normalised to Oracle's mean = 1 and cost to Task-only's mean = 1 (per env and seed, then "
+        "mean±std over seeds). Cells: reward / cost.", "",
+        "| Env | " + " | ".join(labels[k] for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]  # fmt: skip
+    for env, methods in summary.items():
+        cells = [f"{_cell(methods.get(k), 'reward')} / {_cell(methods.get(k), 'cost')}" for k in keys]
+        lines.append(f"| {env} | " + " | ".join(cells) + " |")
+    avg = []
+    for k in keys:
+        r = [m[k]["reward"] for m in summary.values() if k in m and m[k]["reward"] is not None]
+        c = [m[k]["cost"] for m in summary.values() if k in m and m[k]["cost"] is not None]
+        avg.append(f"{np.mean(r):.2f} / {np.mean(c):.2f}" if r and c else "–")
+    lines += ["| **Average** | " + " | ".join(avg) + " |", ""]
+    lines += [
+        "DSRL normalised cost (episode cost / cost threshold) and raw means (reward, cost):", "",
+        "| Env | " + " | ".join(labels[k] for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]  # fmt: skip
+    for env, methods in summary.items():
+        cells = [
+            f"{_cell(methods[k], 'dsrl_cost')} ({methods[k]['raw_reward']:.1f}, {methods[k]['raw_cost']:.1f})"
+            if k in methods else "–"
+            for k in keys
+        ]  # fmt: skip
+        lines.append(f"| {env} | " + " | ".join(cells) + " |")
+    seeds = sorted({s for m in summary.values() for e in m.values() for s in e["seeds"]})
+    lines += [
+        "",
+        f"Seeds: {seeds}. Missing anchors (Oracle / Task-only) or zero Task-only cost show as –.",
+        "",
+    ]
+    text = "\n".join(lines)
+    write_text(text, path)
+    return text
+
+
+def plot_reward_cost(summary: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> None:
+    """One panel per env: normalised cost (x) vs reward (y) with seed std bars; RC's omega sweep and our
+    beta_reg sweeps are drawn as lines (Pareto curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from safecrowd_llm.core.atomic import atomic_path
+
+    envs = list(summary)
+    fig, axes = plt.subplots(1, max(1, len(envs)), figsize=(4.2 * max(1, len(envs)), 3.8), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=False):
+        groups: dict[str, list[tuple[float, float, float, float, str]]] = {}
+        for e in summary[env].values():
+            if e["reward"] is None or e["cost"] is None:
+                continue
+            point = (e["cost"], e["reward"], e["cost_std"] or 0.0, e["reward_std"] or 0.0, e["label"])
+            groups.setdefault(e["method"], []).append(point)
+        for method, points in groups.items():
+            points.sort()
+            xs, ys, xe, ye, labels = zip(*points, strict=True)
+            style = "-o" if len(points) > 1 else "o"
+            ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=style, capsize=2, label=method)
+            if len(points) > 1:
+                for x, y, lab in zip(xs, ys, labels, strict=True):
+                    ax.annotate(lab.split("(")[-1].rstrip(")"), (x, y), fontsize=6, alpha=0.7)
+        ax.set_title(env)
+        ax.set_xlabel("cost (Task-only = 1)")
+        ax.set_ylabel("reward (Oracle = 1)")
+        ax.grid(alpha=0.3)
+    handles, labels = [], []
+    for ax in axes[0]:  # one legend entry per method across the panels
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 0.9 / fig.get_figwidth(), 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: str | Path, title: str = "") -> dict[str, dict[str, dict[str, Any]]]:
+    """summary.json + RESULTS.md + reward_cost.png under ``out``; returns the summary."""
+    from safecrowd_llm.core.atomic import write_json
+
+    out = Path(out)
+    summary = summarise(out)
+    write_json(summary, out / "summary.json")
+    write_markdown(summary, out / "RESULTS.md", title)
+    if summary:
+        plot_reward_cost(summary, out / "reward_cost.png")
+    return summary

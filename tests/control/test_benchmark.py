@@ -1,0 +1,129 @@
+"""Benchmark CLI with a stand-in ``train_method``: resumability, normalisation, summary, report files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("bullet_safety_gym")
+pytest.importorskip("matplotlib")
+if importlib.util.find_spec("safety_gymnasium") is None:
+    pytest.skip("control extras not installed", allow_module_level=True)
+
+import torch
+
+from control import benchmark
+from control.evaluate import evaluate_policy
+
+torch.set_num_threads(1)
+# SafetyCarRun: negative throttle drives towards +x; full throttle is above the 1.5 m/s limit (cost)
+THROTTLE = {"oracle": -0.3, "task-only": -1.0, "rc": -0.5, "sopl": -0.35, "safe-vpl": -0.3, "safe-cpl": -0.3}
+
+
+class FakeTrainer:
+    """Records its calls; returns constant-throttle policies (RC's throttle moves with omega)."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.calls: list[tuple[str, int, dict]] = []
+        self.fail = fail
+
+    def __call__(self, method, data, crowd, profile, seed, workdir, progress=True, **options):
+        assert len(data) > 0 and crowd.labels.shape[0] == crowd.pairs.shape[0]
+        self.calls.append((method, seed, options))
+        if method == self.fail:
+            raise RuntimeError("boom")
+        throttle = -0.2 - 0.8 * options["omega"] if "omega" in options else THROTTLE[method]
+        return lambda obs: np.array([throttle, 0.0], dtype=np.float32)
+
+
+def _run(tmp: Path, trainer: FakeTrainer, monkeypatch, *extra: str) -> int:
+    monkeypatch.setattr(benchmark, "train_method", trainer)
+    args = ["--envs", "Run", "--methods", "oracle", "task-only", "rc", "--seeds", "0", "1", "--profile", "test",
+            "--out", str(tmp / "bench"), "--data-root", str(tmp / "data"), "--no-progress", *extra]  # fmt: skip
+    return benchmark.main(args)
+
+
+def test_help_lists_the_ablation_flags(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        benchmark.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--omegas",
+        "--beta-regs",
+        "--flip-prob",
+        "--num-annotators",
+        "--crowd",
+        "--profile",
+        "--out",
+    ):
+        assert flag in text
+
+
+def test_plan_expands_sweeps() -> None:
+    runs = benchmark.plan_runs(
+        ["oracle", "rc", "safe-vpl"], omegas=[0.2, 0.8], beta_regs=[0.0, 1.0], offline=True
+    )
+    assert [r.key for r in runs] == ["oracle", "rc_omega0.2", "rc_omega0.8", "safe-vpl_beta_reg0_offline",
+                                     "safe-vpl_beta_reg1_offline"]  # fmt: skip
+    assert runs[1].label == "RC(ω=0.2)" and benchmark.RunSpec("rc").label == "RC(ω=0.5)"
+
+
+def test_benchmark_runs_normalises_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    trainer = FakeTrainer()
+    assert _run(tmp_path, trainer, monkeypatch, "--omegas", "0.1", "0.9") == 0
+    assert len(trainer.calls) == 2 * 4  # seeds x (oracle, task-only, rc x 2)
+    out = tmp_path / "bench"
+    res = json.loads((out / "SafetyCarRun-v0" / "rc_omega0.9" / "seed1" / "results.json").read_text())
+    assert res["seed"] == 1 and res["options"] == {"omega": 0.9} and len(res["episodes"]) == 2
+    assert {"reward", "cost", "length"} <= set(res["episodes"][0]) and res["versions"]["gymnasium"]
+    assert res["config"]["crowd"]["num_annotators"] == 6  # the test profile's tiny crowd
+    assert res["normalised"]["cost"] is not None and len(res["normalised"]["episodes"]) == 2
+
+    summary = json.loads((out / "summary.json").read_text())["SafetyCarRun-v0"]
+    assert summary["oracle"]["reward"] == pytest.approx(1.0) and summary["oracle"][
+        "reward_std"
+    ] == pytest.approx(0.0)
+    assert summary["task-only"]["cost"] == pytest.approx(1.0)
+    assert summary["task-only"]["reward"] > 1.0 and summary["oracle"]["cost"] < 1.0  # faster, costlier
+    assert summary["rc_omega0.9"]["cost"] > summary["rc_omega0.1"]["cost"]
+    assert summary["oracle"]["seeds"] == [0, 1]
+    assert summary["task-only"]["dsrl_cost"] == pytest.approx(summary["task-only"]["raw_cost"] / 10.0)
+    # normalisation by hand for one run: mean reward / Oracle's mean reward of the same seed
+    oracle0 = json.loads((out / "SafetyCarRun-v0" / "oracle" / "seed0" / "results.json").read_text())
+    rc0 = json.loads((out / "SafetyCarRun-v0" / "rc_omega0.1" / "seed0" / "results.json").read_text())
+    assert rc0["normalised"]["reward"] == pytest.approx(rc0["mean_reward"] / oracle0["mean_reward"])
+
+    md = (out / "RESULTS.md").read_text()
+    assert "| SafetyCarRun-v0 |" in md and "Oracle" in md and "RC(ω=0.9)" in md and "**Average**" in md
+    assert (out / "reward_cost.png").stat().st_size > 1000
+
+    # resume: everything finished -> nothing retrained; one results.json removed -> only that run
+    again = FakeTrainer()
+    assert _run(tmp_path, again, monkeypatch, "--omegas", "0.1", "0.9") == 0
+    assert again.calls == []
+    (out / "SafetyCarRun-v0" / "task-only" / "seed1" / "results.json").unlink()
+    assert _run(tmp_path, again, monkeypatch, "--omegas", "0.1", "0.9") == 0
+    assert again.calls == [("task-only", 1, {})]
+
+
+def test_changed_config_is_refused_and_failures_are_reported(tmp_path: Path, monkeypatch) -> None:
+    assert _run(tmp_path, FakeTrainer(fail="rc"), monkeypatch) == 1  # rc failed, the rest finished
+    out = tmp_path / "bench" / "SafetyCarRun-v0"
+    assert (out / "oracle" / "seed1" / "results.json").exists() and not (out / "rc" / "seed0").exists()
+    with pytest.raises(RuntimeError, match="another configuration"):
+        _run(tmp_path, FakeTrainer(), monkeypatch, "--flip-prob", "0.3", "--fail-fast")
+
+
+def test_evaluate_policy_is_deterministic_and_checks_shapes() -> None:
+    policy = lambda obs: np.array([-1.0, 0.1], dtype=np.float32)  # noqa: E731
+    a = evaluate_policy("Run", policy, episodes=2, seed=0, max_steps=40)
+    b = evaluate_policy("Run", policy, episodes=2, seed=0, max_steps=40)
+    assert a == b and a[0]["length"] == 40 and a[0]["cost"] > 0
+    with pytest.raises(ValueError, match="action of shape"):
+        evaluate_policy("Run", lambda obs: np.zeros(3), episodes=1, seed=0, max_steps=5)

@@ -1,0 +1,114 @@
+"""D_tau: behaviour data covers safe and unsafe steps, is cached with a manifest and is seed-deterministic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("bullet_safety_gym")
+if importlib.util.find_spec("safety_gymnasium") is None:
+    pytest.skip("control extras not installed", allow_module_level=True)
+
+import torch
+
+from control import offline
+from control.behaviour import BEHAVIOURS
+from control.envs import ENV_SPECS
+from control.offline import OfflineData, generate, load_or_generate
+from control.profiles import get_profile
+
+torch.set_num_threads(1)
+TINY = get_profile("test", data_episodes=10)
+
+
+@pytest.fixture(scope="module")
+def run_data() -> OfflineData:
+    return generate("Run", TINY, seed=0, progress=False)
+
+
+def test_every_env_has_a_behaviour_mix_with_several_behaviours() -> None:
+    assert set(BEHAVIOURS) == set(ENV_SPECS)
+    for env_id, mix in BEHAVIOURS.items():
+        assert len(mix) >= 2, env_id
+
+
+def test_arrays_are_well_formed(run_data: OfflineData) -> None:
+    d = run_data
+    n = len(d)
+    assert n == 10 * TINY.max_episode_steps  # Run never terminates early; episodes capped by the profile
+    assert d.obs.dtype == np.float32 and d.obs.shape == (n, 7) and d.act.shape == (n, 2)
+    assert np.all(np.abs(d.act) <= 1.0)
+    assert d.episode_end.sum() == d.num_episodes == 10
+    assert np.all(
+        d.episode_end[np.flatnonzero(np.diff(d.episode))]
+    )  # an episode ends where the index changes
+    # next_obs of a step is the obs of the following step inside an episode
+    inside = ~d.episode_end[:-1]
+    np.testing.assert_array_equal(d.next_obs[:-1][inside], d.obs[1:][inside])
+    assert {"x_velocity", "speed", "y"} <= set(d.features)
+    assert all(v.shape == (n,) for v in d.features.values())
+
+
+def test_data_covers_safe_and_unsafe_steps_and_a_range_of_speeds(run_data: OfflineData) -> None:
+    assert (run_data.cost == 0).sum() > 50 and (run_data.cost > 0).sum() > 50
+    speeds = run_data.features["x_velocity"]
+    assert speeds.min() < 0.8 and speeds.max() > 1.6  # slow and above the 1.5 m/s limit
+    behaviours = run_data.manifest["behaviours"]
+    assert len(behaviours) >= 2
+    assert min(b["mean_cost"] for b in behaviours.values()) < max(b["mean_cost"] for b in behaviours.values())
+
+
+def test_segments_stay_inside_one_episode(run_data: OfflineData) -> None:
+    T = 25
+    starts = run_data.segment_starts(T)
+    assert len(starts) == 10 * (TINY.max_episode_steps - T + 1)
+    assert np.all(run_data.episode[starts] == run_data.episode[starts + T - 1])
+    obs, act = run_data.segments(starts[:4], T)
+    assert obs.shape == (4, T, 7) and act.shape == (4, T, 2)
+    np.testing.assert_array_equal(obs[1, 0], run_data.obs[starts[1]])
+    sums = run_data.segment_sums(run_data.cost, starts[:4], T)
+    np.testing.assert_allclose(sums, [run_data.cost[s : s + T].sum() for s in starts[:4]], rtol=1e-6)
+    with pytest.raises(ValueError, match="length"):
+        run_data.segment_starts(0)
+
+
+def test_same_seed_same_arrays_other_seed_differs(run_data: OfflineData) -> None:
+    again = generate("Run", TINY, seed=0, progress=False)
+    for name in ("obs", "act", "rew", "cost", "episode"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(run_data, name))
+    other = generate("Run", TINY, seed=1, progress=False)
+    assert not np.array_equal(other.act, run_data.act)
+
+
+def test_cache_is_written_with_a_manifest_and_reused(tmp_path, monkeypatch) -> None:
+    profile = get_profile("test")
+    first = load_or_generate("Circle", profile, root=tmp_path, seed=3, progress=False)
+    folder = tmp_path / "SafetyBallCircle-v0" / "test-seed3"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ("env_id", "profile", "seed", "versions", "config", "sizes", "behaviours", "config_hash"):
+        assert key in manifest
+    assert manifest["sizes"]["transitions"] == len(first) and manifest["versions"]["gymnasium"]
+    assert not list(folder.glob(".*tmp"))  # atomic writes leave no temporaries
+
+    def boom(*args, **kwargs):
+        raise AssertionError("regenerated although the cache matches")
+
+    monkeypatch.setattr(offline, "generate", boom)
+    cached = load_or_generate("Circle", profile, root=tmp_path, seed=3, progress=False)
+    np.testing.assert_array_equal(cached.obs, first.obs)
+    assert set(cached.features) == set(first.features)
+    with pytest.raises(AssertionError, match="regenerated"):  # another size is another config
+        load_or_generate(
+            "Circle", get_profile("test", data_episodes=3), root=tmp_path, seed=3, progress=False
+        )
+
+
+@pytest.mark.parametrize("env", ["Reach", "HalfCheetah-vel", "Hopper-vel", "Swimmer-vel"])
+def test_tiny_profile_runs_for_the_other_envs(env: str) -> None:
+    d = generate(env, get_profile("test", data_episodes=3), seed=0, progress=False)
+    assert len(d) > 0 and np.isfinite(d.obs).all() and np.all(np.abs(d.act) <= 1.0)
+    assert d.features and all(np.isfinite(v).all() for v in d.features.values())
