@@ -175,7 +175,7 @@ class PreferenceConfig:
 
     archetypes: list[Archetype]
     safety_penalty: float = 6.0
-    benign_comply_bonus: float = 0.5
+    benign_comply_bonus: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.archetypes:

@@ -19,3 +19,32 @@ def base_and_crowd(tmp_path_factory):
     build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0).save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_skills(tmp_path_factory):
+    """base/ (tiny text-world Qwen2, untrained) and skills/ (3 random LoRA adapters + skills.json)."""
+    pytest.importorskip("peft", reason="needs the llm extra: pip install -e '.[llm]'")
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from safecrowd_llm.core.atomic import write_json
+    from safecrowd_llm.textworld import TextWorld
+    from safecrowd_llm.tiny_base import build_tiny_model, train_tokenizer, world_texts
+
+    root = tmp_path_factory.mktemp("skills")
+    tok = train_tokenizer(world_texts(TextWorld.from_yaml()))
+    build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0).save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    skills = []
+    for k in range(3):
+        torch.manual_seed(100 + k)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        base = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+        get_peft_model(base, lora).save_pretrained(root / "skills" / f"skill_{k}")
+        skills.append({"name": f"skill_{k}", "path": f"skill_{k}", "latent": [float(k), 0.0],
+                       "log_prior": -1.0 - k, "annotators": [f"a{k}"]})
+    manifest = {"format": "safecrowd-skills/1", "method": "safe-cpl", "base_model": str(root / "base"),
+                "latent_dim": 2, "config_hash": None, "skills": skills}
+    write_json(manifest, root / "skills" / "skills.json")
+    return root

@@ -1,0 +1,20 @@
+"""The high-level policy for language models: a router over exported skill adapters."""
+
+from .compose import generate_routed
+from .model import ROUTER_CONFIG, ROUTER_WEIGHTS, Router, RouterHead, RouterSpec, load_router, save_router
+from .train import RouterArguments, load_prompts, score_skills, train_router
+
+__all__ = [
+    "ROUTER_CONFIG",
+    "ROUTER_WEIGHTS",
+    "Router",
+    "RouterArguments",
+    "RouterHead",
+    "RouterSpec",
+    "generate_routed",
+    "load_prompts",
+    "load_router",
+    "save_router",
+    "score_skills",
+    "train_router",
+]
