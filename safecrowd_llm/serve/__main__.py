@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     from .config import ServeArguments
 
     parser = HfArgumentParser(
-        ServeArguments, prog="python -m safecrowd_llm.serve", description=__doc__,
+        ServeArguments,
+        prog="python -m safecrowd_llm.serve",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     (args,) = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
@@ -33,7 +35,9 @@ def run(args) -> None:
     """Build and serve (shared with ``recipes/serve.py``)."""
     from .server import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     serve(args)
 
 

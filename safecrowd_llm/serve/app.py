@@ -47,7 +47,9 @@ SKILL_HEADER = "X-Safecrowd-Skill"
 log = logging.getLogger(__name__)
 
 
-def create_app(backend: Backend, tokenizer: Any, picker: SkillPicker, *, default_max_tokens: int = 256) -> FastAPI:
+def create_app(
+    backend: Backend, tokenizer: Any, picker: SkillPicker, *, default_max_tokens: int = 256
+) -> FastAPI:
     """The app; its lifespan starts the backend and closes it on shutdown (after in-flight requests)."""
 
     @asynccontextmanager
@@ -70,7 +72,9 @@ def create_app(backend: Backend, tokenizer: Any, picker: SkillPicker, *, default
     @app.get("/v1/models")
     async def models() -> ModelList:
         cards = [ModelCard(id=picker.served_model_name, root=base_name)]
-        cards += [ModelCard(id=s, root=base_name, parent=picker.served_model_name) for s in picker.skill_names]
+        cards += [
+            ModelCard(id=s, root=base_name, parent=picker.served_model_name) for s in picker.skill_names
+        ]
         return ModelList(data=cards)
 
     @app.post("/v1/chat/completions")
@@ -88,15 +92,20 @@ def create_app(backend: Backend, tokenizer: Any, picker: SkillPicker, *, default
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
         _check_common(req)
-        for name, bad in (("echo", req.echo), ("logprobs", req.logprobs is not None), ("suffix", req.suffix),
-                          ("best_of", (req.best_of or 1) > 1)):
+        for name, bad in (
+            ("echo", req.echo),
+            ("logprobs", req.logprobs is not None),
+            ("suffix", req.suffix),
+            ("best_of", (req.best_of or 1) > 1),
+        ):
             if bad:
                 raise ApiError(f"{name} is not supported", param=name)
         return await _respond(req, req.prompt_text, req.prompt_text, req.max_tokens, "prompt", chat=False)
 
-    async def _respond(req: Any, prompt: str, route_text: str, max_tokens: int | None, prompt_param: str,
-                       *, chat: bool):
-        skill = await picker.pick(req.model, route_text)
+    async def _respond(
+        req: Any, prompt: str, route_text: str, max_tokens: int | None, prompt_param: str, *, chat: bool
+    ):
+        picker.check(req.model)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         limit = backend.max_model_len
         if max_tokens is None:
@@ -106,8 +115,10 @@ def create_app(backend: Backend, tokenizer: Any, picker: SkillPicker, *, default
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{len(ids) + max_tokens} tokens ({len(ids)} in the {prompt_param}, {max_tokens} in the completion). "
                 f"Please reduce the length of the {prompt_param} or completion.",
-                param=prompt_param if len(ids) >= limit else "max_tokens", code="context_length_exceeded",
+                param=prompt_param if len(ids) >= limit else "max_tokens",
+                code="context_length_exceeded",
             )
+        skill = await picker.pick(req.model, route_text)  # after validation: the router is not free
         params = GenerationParams(max_tokens, req.temperature, req.top_p, tuple(req.stop_list), req.seed)
         chunks = backend.stream(ids, skill, params)
         meta = {"id": new_id("chatcmpl" if chat else "cmpl"), "model": req.model, "skill": skill}
@@ -121,14 +132,18 @@ def create_app(backend: Backend, tokenizer: Any, picker: SkillPicker, *, default
             if last.error:
                 raise ApiError(last.error, 500)
             text += last.text
-        usage = Usage(prompt_tokens=len(ids), completion_tokens=last.completion_tokens,
-                      total_tokens=len(ids) + last.completion_tokens)
+        usage = Usage(
+            prompt_tokens=len(ids),
+            completion_tokens=last.completion_tokens,
+            total_tokens=len(ids) + last.completion_tokens,
+        )
         if chat:
             choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)
             body: Any = ChatCompletionResponse(**meta, choices=[choice], usage=usage)
         else:
-            body = CompletionResponse(**meta, choices=[TextChoice(text=text, finish_reason=last.finish_reason)],
-                                      usage=usage)
+            body = CompletionResponse(
+                **meta, choices=[TextChoice(text=text, finish_reason=last.finish_reason)], usage=usage
+            )
         return JSONResponse(body.model_dump(), headers=headers)
 
     return app
@@ -149,15 +164,18 @@ def _render_chat(tokenizer: Any, req: ChatCompletionRequest) -> str:
     """The chat template's text for ``req.messages``, ending where the assistant's answer starts."""
     if not getattr(tokenizer, "chat_template", None):
         raise ApiError("this model's tokenizer has no chat template: use /v1/completions", param="messages")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages
+    ]
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # jinja2's TemplateError: the template refused these messages
         raise ApiError(f"the chat template rejected the messages: {e}", param="messages") from e
 
 
-async def _sse(chunks: AsyncIterator[Chunk], meta: dict[str, str], prompt_tokens: int, *, chat: bool,
-               include_usage: bool) -> AsyncIterator[str]:
+async def _sse(
+    chunks: AsyncIterator[Chunk], meta: dict[str, str], prompt_tokens: int, *, chat: bool, include_usage: bool
+) -> AsyncIterator[str]:
     """Server-sent events: one object per chunk, the finish reason, optional usage, then ``[DONE]``."""
 
     def event(choices: list, usage: Usage | None = None) -> str:
@@ -166,7 +184,9 @@ async def _sse(chunks: AsyncIterator[Chunk], meta: dict[str, str], prompt_tokens
 
     def choice(text: str, finish: str | None, first: bool = False) -> Any:
         if chat:
-            delta = DeltaMessage(role="assistant", content="") if first else DeltaMessage(content=text or None)
+            delta = (
+                DeltaMessage(role="assistant", content="") if first else DeltaMessage(content=text or None)
+            )
             return ChatChunkChoice(delta=delta, finish_reason=finish)
         return TextChoice(text=text, finish_reason=finish)
 
@@ -181,8 +201,12 @@ async def _sse(chunks: AsyncIterator[Chunk], meta: dict[str, str], prompt_tokens
                 yield event([choice(c.text, c.finish_reason)])
             if c.finish_reason and include_usage:
                 total = prompt_tokens + c.completion_tokens
-                yield event([], Usage(prompt_tokens=prompt_tokens, completion_tokens=c.completion_tokens,
-                                      total_tokens=total))
+                yield event(
+                    [],
+                    Usage(
+                        prompt_tokens=prompt_tokens, completion_tokens=c.completion_tokens, total_tokens=total
+                    ),
+                )
     except ApiError as e:
         yield f"data: {json.dumps(error_body(e.message, e.type, e.param, e.code))}\n\n"
     yield "data: [DONE]\n\n"
@@ -209,7 +233,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(e.detail), kind, code=e.status_code), e.status_code, headers=e.headers)
+        return JSONResponse(
+            error_body(str(e.detail), kind, code=e.status_code), e.status_code, headers=e.headers
+        )
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, e: Exception) -> JSONResponse:

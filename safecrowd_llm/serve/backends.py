@@ -161,7 +161,13 @@ class EmbeddedBackend:
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, max_model_len: int, *, max_batch_size: int = 8, batch_wait_ms: float = 5.0
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_model_len: int,
+        *,
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 5.0,
     ) -> None:
         self.model, self.tokenizer, self.max_model_len = model.eval(), tokenizer, max_model_len
         self.max_batch_size, self.batch_wait = max_batch_size, batch_wait_ms / 1000
@@ -183,8 +189,10 @@ class EmbeddedBackend:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for row in self._pending:
-            row.cancelled = True
+        for row in self._pending:  # normally none: the server lets in-flight requests finish first
+            row.finished = True
+            row.emit(Chunk(error="the server is shutting down"))
+        self._pending.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def run_router(self, fn: Callable[[], T]) -> T:
@@ -196,7 +204,9 @@ class EmbeddedBackend:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    async def stream(self, prompt_ids: list[int], skill: str, params: GenerationParams) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, prompt_ids: list[int], skill: str, params: GenerationParams
+    ) -> AsyncIterator[Chunk]:
         if skill not in self.skills:
             raise KeyError(f"no adapter named {skill!r}")
         if self._wakeup is None:
@@ -243,8 +253,10 @@ class EmbeddedBackend:
         for row in self._pending:
             w, n = max(width, len(row.prompt_ids)), max(new, row.params.max_tokens)
             # every row runs for the longest max_tokens: keep all positions inside the context
-            if len(batch) < limit and row.params.batch_key() == first.params.batch_key() and (
-                not batch or w + n <= self.max_model_len
+            if (
+                len(batch) < limit
+                and row.params.batch_key() == first.params.batch_key()
+                and (not batch or w + n <= self.max_model_len)
             ):
                 batch.append(row)
                 width, new = w, n
@@ -254,12 +266,21 @@ class EmbeddedBackend:
     @torch.inference_mode()
     def _generate(self, rows: list[_Row]) -> None:
         width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])  # (B, T)
+        ids = torch.tensor(
+            [[self.pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows]
+        )  # (B, T)
         mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
         p = rows[0].params
-        sampling = {"do_sample": False} if p.temperature == 0 else {
-            "do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": 0,
-        }
+        sampling = (
+            {"do_sample": False}
+            if p.temperature == 0
+            else {
+                "do_sample": True,
+                "temperature": p.temperature,
+                "top_p": p.top_p,
+                "top_k": 0,
+            }
+        )
         seeded = torch.random.fork_rng(devices=[]) if p.seed is not None else contextlib.nullcontext()
         with seeded:
             if p.seed is not None:

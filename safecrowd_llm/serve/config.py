@@ -19,7 +19,9 @@ class ServeArguments:
     """Server, model and backend options of the composed-model server."""
 
     skills_dir: str = field(
-        metadata={"help": "Skills directory: one PEFT LoRA adapter per skill plus skills.json (export_skills)."}
+        metadata={
+            "help": "Skills directory: one PEFT LoRA adapter per skill plus skills.json (export_skills)."
+        }
     )
     router: str | None = field(
         default=None,
@@ -33,7 +35,9 @@ class ServeArguments:
     )
     served_model_name: str = field(
         default="safecrowd",
-        metadata={"help": "Model name that routes (clients may also name a skill, e.g. 'skill_2', to pin it)."},
+        metadata={
+            "help": "Model name that routes (clients may also name a skill, e.g. 'skill_2', to pin it)."
+        },
     )
     backend: str = field(
         default="embedded",
@@ -43,43 +47,60 @@ class ServeArguments:
             "choices": list(BACKENDS),
         },
     )
-    host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback unless you mean otherwise)."})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "Bind address (loopback unless you mean otherwise)."}
+    )
     port: int = field(default=8000, metadata={"help": "Port to listen on (0 = any free port)."})
     max_model_len: int | None = field(
         default=None,
-        metadata={"help": "Prompt + completion token limit; unset = the base model's max_position_embeddings."},
+        metadata={
+            "help": "Prompt + completion token limit; unset = the base model's max_position_embeddings."
+        },
     )
     default_max_tokens: int = field(
-        default=256, metadata={"help": "Completion length when a request gives no max_tokens (capped by the context)."}
+        default=256,
+        metadata={"help": "Completion length when a request gives no max_tokens (capped by the context)."},
     )
     max_batch_size: int = field(
         default=8, metadata={"help": "Embedded backend: most requests generated together in one batch."}
     )
     batch_wait_ms: float = field(
-        default=5.0, metadata={"help": "Embedded backend: how long the first queued request waits for company."}
+        default=5.0,
+        metadata={"help": "Embedded backend: how long the first queued request waits for company."},
     )
     dtype: str = field(
         default="auto", metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."}
     )
-    device: str = field(default="cpu", metadata={"help": "Embedded backend: torch device, e.g. cpu or cuda:0."})
+    device: str = field(
+        default="cpu", metadata={"help": "Embedded backend: torch device, e.g. cpu or cuda:0."}
+    )
     trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow model / tokenizer code from the model directory (off by default)."}
+        default=False,
+        metadata={"help": "Allow model / tokenizer code from the model directory (off by default)."},
     )
     vllm_url: str | None = field(
         default=None,
-        metadata={"help": "vLLM backend: base URL of a running vLLM OpenAI server started with the skills as "
-                  "--lora-modules (e.g. http://127.0.0.1:8001). Unset: spawn one."},
+        metadata={
+            "help": "vLLM backend: base URL of a running vLLM OpenAI server started with the skills as "
+            "--lora-modules (e.g. http://127.0.0.1:8001). Unset: spawn one."
+        },
     )
     vllm_python: str = field(
         default="python",
-        metadata={"help": "vLLM backend: interpreter of the environment that has vLLM (scripts/setup_vllm_cpu.sh "
-                  "builds .venv-vllm); it runs `-m vllm.entrypoints.openai.api_server`."},
+        metadata={
+            "help": "vLLM backend: interpreter of the environment that has vLLM (scripts/setup_vllm_cpu.sh "
+            "builds .venv-vllm); it runs `-m vllm.entrypoints.openai.api_server`."
+        },
     )
-    vllm_port: int = field(default=0, metadata={"help": "vLLM backend: port of the spawned vLLM server (0 = free)."})
+    vllm_port: int = field(
+        default=0, metadata={"help": "vLLM backend: port of the spawned vLLM server (0 = free)."}
+    )
     vllm_args: str = field(
         default="",
-        metadata={"help": "vLLM backend: extra arguments for the spawned server, one string, e.g. "
-                  "'--enforce-eager --max-num-seqs 8'."},
+        metadata={
+            "help": "vLLM backend: extra arguments for the spawned server, one string, e.g. "
+            "'--enforce-eager --max-num-seqs 8'."
+        },
     )
     vllm_startup_timeout: float = field(
         default=600.0, metadata={"help": "vLLM backend: seconds to wait for the spawned server to answer."}

@@ -66,7 +66,9 @@ def check_router(router: RouterLike, skill_names: Sequence[str]) -> None:
 class SkillPicker:
     """Maps a request's ``model`` to the skill that answers it."""
 
-    def __init__(self, served_model_name: str, skill_names: Sequence[str], router: RouterLike, backend: Any) -> None:
+    def __init__(
+        self, served_model_name: str, skill_names: Sequence[str], router: RouterLike, backend: Any
+    ) -> None:
         check_router(router, skill_names)
         if served_model_name in skill_names:
             raise ValueError(f"served_model_name {served_model_name!r} is also a skill name")
@@ -77,15 +79,21 @@ class SkillPicker:
     def model_names(self) -> list[str]:
         return [self.served_model_name, *self.skill_names]
 
-    async def pick(self, model: str, route_text: str) -> str:
-        """The pinned skill, or the router's choice for the composed model; 404 for any other name."""
-        if model in self.skill_names:
-            return model
-        if model != self.served_model_name:
+    def check(self, model: str) -> None:
+        """404 for a name that is neither the composed model nor a skill."""
+        if model not in self.model_names:
             raise ApiError(
                 f"The model `{model}` does not exist. Available models: {', '.join(self.model_names)}.",
-                404, param="model", code="model_not_found",
+                404,
+                param="model",
+                code="model_not_found",
             )
+
+    async def pick(self, model: str, route_text: str) -> str:
+        """The pinned skill, or the router's choice for the composed model."""
+        self.check(model)
+        if model in self.skill_names:
+            return model
         (k,) = await self.backend.run_router(lambda: self.router.route([route_text]))
         if not 0 <= int(k) < len(self.skill_names):
             raise ApiError(f"router chose skill index {k} of {len(self.skill_names)}", 500)

@@ -41,7 +41,12 @@ class ApiError(Exception):
     """An error the client caused (or a backend failure), rendered as OpenAI's error object."""
 
     def __init__(
-        self, message: str, status: int = 400, *, param: str | None = None, code: str | None = None,
+        self,
+        message: str,
+        status: int = 400,
+        *,
+        param: str | None = None,
+        code: str | None = None,
         type: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -50,13 +55,20 @@ class ApiError(Exception):
         self.type = type or ("invalid_request_error" if status < 500 else "server_error")
 
 
-def error_body(message: str, type: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}`` as OpenAI and vLLM send it."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
 
 
 class _Request(BaseModel):
@@ -92,11 +104,6 @@ class _Request(BaseModel):
     @property
     def stop_list(self) -> list[str]:
         return self.stop or []  # type: ignore[return-value]  (the validator made it a list)
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    include_usage: bool = False
 
 
 class TextPart(BaseModel):
@@ -143,11 +150,6 @@ class CompletionRequest(_Request):
     @property
     def prompt_text(self) -> str:
         return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
-
-
-_Request.model_rebuild()
-ChatCompletionRequest.model_rebuild()
-CompletionRequest.model_rebuild()
 
 
 class Usage(BaseModel):

@@ -53,16 +53,30 @@ def build_app(args: ServeArguments, router: RouterLike | None = None) -> FastAPI
     tokenizer = AutoTokenizer.from_pretrained(base, **remote)
     max_len = args.max_model_len or AutoConfig.from_pretrained(base, **remote).max_position_embeddings
 
+    def pick_router(base_model: torch.nn.Module | None) -> RouterLike:
+        if router is not None:
+            return router
+        if args.router:
+            return load_router(args.router, base_model=base_model, tokenizer=tokenizer)
+        log.warning("no --router: the composed model answers with the skill of highest prior density")
+        return PriorRouter(Path(args.skills_dir), manifest)
+
     if args.backend == "embedded":
         from .backends import EmbeddedBackend
 
         dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, use_safetensors=True, **remote)
-        peft_model = load_skill_adapters(model.to(args.device), skills)
+        model = model.to(args.device).eval()
+        # the router shares the base model: loaded before the adapters go in, and later called with
+        # them disabled (EmbeddedBackend.run_router)
+        chosen = pick_router(model)
         backend: Any = EmbeddedBackend(
-            peft_model, tokenizer, max_len, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms
+            load_skill_adapters(model, skills),
+            tokenizer,
+            max_len,
+            max_batch_size=args.max_batch_size,
+            batch_wait_ms=args.batch_wait_ms,
         )
-        router_base = peft_model.get_base_model()  # the router runs with adapters disabled
     else:
         from .vllm_backend import VLLMBackend, free_port, vllm_command
 
@@ -70,21 +84,25 @@ def build_app(args: ServeArguments, router: RouterLike | None = None) -> FastAPI
         if args.vllm_url is None:
             port = args.vllm_port or free_port()
             command = vllm_command(
-                args.vllm_python, base, skills, port, max_model_len=max_len, dtype=args.dtype,
-                trust_remote_code=args.trust_remote_code, extra_args=args.vllm_args,
+                args.vllm_python,
+                base,
+                skills,
+                port,
+                max_model_len=max_len,
+                dtype=args.dtype,
+                trust_remote_code=args.trust_remote_code,
+                extra_args=args.vllm_args,
             )
         backend = VLLMBackend(
-            skills, max_len, url=args.vllm_url, command=command,
-            startup_timeout=args.vllm_startup_timeout, request_timeout=args.request_timeout,
+            skills,
+            max_len,
+            url=args.vllm_url,
+            command=command,
+            startup_timeout=args.vllm_startup_timeout,
+            request_timeout=args.request_timeout,
         )
-        router_base = None  # the router loads what it needs itself
-    if router is None:
-        if args.router:
-            router = load_router(args.router, base_model=router_base, tokenizer=tokenizer)
-        else:
-            log.warning("no --router: the composed model answers with the skill of highest prior density")
-            router = PriorRouter(Path(args.skills_dir), manifest)
-    picker = SkillPicker(args.served_model_name, list(skills), router, backend)
+        chosen = pick_router(None)  # the router loads the model it needs itself
+    picker = SkillPicker(args.served_model_name, list(skills), chosen, backend)
     return create_app(backend, tokenizer, picker, default_max_tokens=args.default_max_tokens)
 
 
@@ -93,10 +111,15 @@ def serve(args: ServeArguments, app: FastAPI | None = None) -> None:
     import uvicorn
 
     if not _is_loopback(args.host):
-        log.warning("listening on %s: the API has no authentication, anyone who can reach it can use it", args.host)
+        log.warning(
+            "listening on %s: the API has no authentication, anyone who can reach it can use it", args.host
+        )
     app = app if app is not None else build_app(args)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level,
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_shutdown_timeout,
     )
     uvicorn.Server(config).run()

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -33,6 +36,13 @@ __all__ = ["VLLMBackend", "free_port", "lora_rank", "vllm_command"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGTERM if this server dies, so vLLM is never orphaned."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,7 +54,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def lora_rank(adapter_dirs: Mapping[str, str | Path]) -> int:
     """The ``--max-lora-rank`` vLLM needs: the largest ``r``, rounded up to a power of two (>= 8)."""
-    r = max(int(json.loads((Path(p) / "adapter_config.json").read_text())["r"]) for p in adapter_dirs.values())
+    r = max(
+        int(json.loads((Path(p) / "adapter_config.json").read_text())["r"]) for p in adapter_dirs.values()
+    )
     rank = 8
     while rank < r:
         rank *= 2
@@ -52,21 +64,38 @@ def lora_rank(adapter_dirs: Mapping[str, str | Path]) -> int:
 
 
 def vllm_command(
-    python: str, base_model: str, skills: Mapping[str, str | Path], port: int, *, max_model_len: int,
-    dtype: str = "auto", trust_remote_code: bool = False, extra_args: str = "",
+    python: str,
+    base_model: str,
+    skills: Mapping[str, str | Path],
+    port: int,
+    *,
+    max_model_len: int,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    extra_args: str = "",
 ) -> list[str]:
     """The command line of a vLLM OpenAI server on 127.0.0.1:``port`` serving ``skills`` as LoRA modules."""
     cmd = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(base_model),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-model-len", str(max_model_len),
-        "--dtype", dtype,
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(base_model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(max_model_len),
+        "--dtype",
+        dtype,
         "--enable-lora",
-        "--max-loras", str(len(skills)),
-        "--max-lora-rank", str(lora_rank(skills)),
-        "--lora-modules", *(f"{name}={path}" for name, path in skills.items()),
+        "--max-loras",
+        str(len(skills)),
+        "--max-lora-rank",
+        str(lora_rank(skills)),
+        "--lora-modules",
+        *(f"{name}={path}" for name, path in skills.items()),
     ]
     if trust_remote_code:
         cmd.append("--trust-remote-code")
@@ -94,7 +123,9 @@ class VLLMBackend:
             url = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
         self.url = url.rstrip("/")
         self.process: subprocess.Popen | None = None
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(request_timeout, connect=10.0))
+        self._client = httpx.AsyncClient(
+            base_url=self.url, timeout=httpx.Timeout(request_timeout, connect=10.0)
+        )
         self._router_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -102,7 +133,10 @@ class VLLMBackend:
             env = {**os.environ}
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU (vLLM's default is 4)
             log.info("starting vLLM: %s", shlex.join(self.command))
-            self.process = subprocess.Popen(self.command, env=env)
+            # its own process group: shutdown signals reach vLLM's engine processes too, and only them
+            self.process = subprocess.Popen(
+                self.command, env=env, start_new_session=True, preexec_fn=_die_with_parent if _LIBC else None
+            )
         try:
             await self._wait_ready()
             served = {m["id"] for m in (await self._client.get("/v1/models")).json()["data"]}
@@ -112,30 +146,40 @@ class VLLMBackend:
         missing = sorted(set(self.skills) - served)
         if missing:
             await self.close()
-            raise RuntimeError(f"vLLM at {self.url} does not serve the skills {missing} (it serves {sorted(served)});"
-                               " start it with --enable-lora --lora-modules skill_k=<skills_dir>/skill_k ...")
+            raise RuntimeError(
+                f"vLLM at {self.url} does not serve the skills {missing} (it serves {sorted(served)});"
+                " start it with --enable-lora --lora-modules skill_k=<skills_dir>/skill_k ..."
+            )
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with code {self.process.returncode} while starting (see its log above)")
+                raise RuntimeError(
+                    f"vLLM exited with code {self.process.returncode} while starting (see its log above)"
+                )
             with contextlib.suppress(httpx.TransportError):
                 if (await self._client.get("/health")).status_code == 200:
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"vLLM at {self.url} did not answer /health within {self.startup_timeout:.0f} s")
+                raise TimeoutError(
+                    f"vLLM at {self.url} did not answer /health within {self.startup_timeout:.0f} s"
+                )
             await asyncio.sleep(1.0)
 
     async def close(self) -> None:
         await self._client.aclose()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # vLLM shuts down gracefully on SIGTERM
+        if self.process is None:
+            return
+        group = self.process.pid  # the spawned server leads its own process group
+        if self.process.poll() is None:
+            _signal_group(group, signal.SIGTERM)  # vLLM shuts down gracefully on SIGTERM once it is up
             try:
                 await asyncio.to_thread(self.process.wait, 30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                await asyncio.to_thread(self.process.wait)
+            except subprocess.TimeoutExpired:  # e.g. still loading: it ignores SIGTERM then
+                log.warning("vLLM did not stop within 30 s of SIGTERM: killing it")
+        _signal_group(group, signal.SIGKILL)  # whatever of the group is left (engine / worker processes)
+        await asyncio.to_thread(self.process.wait)
         self.process = None
 
     async def run_router(self, fn: Callable[[], T]) -> T:
@@ -143,7 +187,18 @@ class VLLMBackend:
         async with self._router_lock:
             return await asyncio.to_thread(fn)
 
-    async def stream(self, prompt_ids: list[int], skill: str, params: GenerationParams) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, prompt_ids: list[int], skill: str, params: GenerationParams
+    ) -> AsyncIterator[Chunk]:
+        try:
+            async for chunk in self._forward(prompt_ids, skill, params):
+                yield chunk
+        except httpx.TransportError as e:
+            raise ApiError(f"vLLM at {self.url} is unreachable: {type(e).__name__}: {e}", 502) from e
+
+    async def _forward(
+        self, prompt_ids: list[int], skill: str, params: GenerationParams
+    ) -> AsyncIterator[Chunk]:
         body: dict[str, Any] = {
             "model": skill,
             "prompt": prompt_ids,
@@ -180,6 +235,11 @@ class VLLMBackend:
         yield Chunk("", finish or "stop")
 
 
+def _signal_group(group: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+
+
 def _upstream_error(status: int, text: str) -> ApiError:
     """vLLM's own error object, passed on with its status (4xx: the client's fault, else 502)."""
     try:
@@ -188,4 +248,4 @@ def _upstream_error(status: int, text: str) -> ApiError:
         message = text[:500]
     if 400 <= status < 500:
         return ApiError(f"vLLM rejected the request: {message}", status)
-    return ApiError(f"vLLM failed ({status}): {message}", 502, type="server_error")
+    return ApiError(f"vLLM failed ({status}): {message}", 502)

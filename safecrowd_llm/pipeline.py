@@ -1,0 +1,155 @@
+"""The main job: the whole method on the crowd text world, end to end on a CPU.
+
+    safecrowd-pipeline                        # quick profile into runs/pipeline
+    safecrowd-pipeline --profile full --out runs/full
+    safecrowd-pipeline --crowd 10:1           # a crowd whose 'thorough' archetype outnumbers 'breezy' 10:1
+
+Stages (each a recipe a user can also run by hand; a finished stage is skipped, so a stopped run resumes):
+crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only) ->
+baselines (Task-only, Oracle, RC(omega) with GRPO) -> evaluation table + reward-vs-cost plot.
+Runs from a checkout (the recipes and their YAML configs live in ``recipes/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["PROFILES", "Stage", "main", "stages"]
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+OMEGAS = (0.25, 0.5, 0.75)
+
+# Per-profile overrides of the recipes' YAML values. "full" = the YAMLs as they are (what the README's
+# measured numbers come from); "quick" trades quality for time so the whole job fits ~15 minutes on 2 cores.
+PROFILES: dict[str, dict[str, list[str]]] = {
+    "full": {},
+    "quick": {
+        "world": ["--num-annotators", "32", "--pairs-per-annotator", "32"],
+        "base": ["--max_steps", "400"],
+        "skills": ["--max_steps", "200", "--per_device_train_batch_size", "8"],
+        "pooled_reward": ["--max_steps", "100"],
+        "router": ["--samples_per_prompt", "2"],
+        "baseline": ["--max_steps", "40"],
+        "evaluate": ["--samples_per_prompt", "2"],
+    },
+}
+
+
+@dataclass
+class Stage:
+    """One step of the job: a command and the file whose existence means it is done."""
+
+    name: str
+    command: list[str]
+    done: Path
+    extra: list[str] = field(default_factory=list)
+
+
+def _recipe(name: str) -> str:
+    path = RECIPES / name
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run the pipeline from a checkout of safecrowd (recipes/ holds its configs)")
+    return str(path)
+
+
+def stages(out: Path, profile: str, crowd: str | None) -> list[Stage]:
+    over = PROFILES[profile]
+    py = sys.executable
+    world, base, skills = out / "world", out / "base", out / "skills_cpl"
+    proportions = {"10:1": ["--proportions", "thorough=10,breezy=1"]}.get(crowd or "", [])
+    if crowd and not proportions:
+        proportions = ["--proportions", crowd]
+    common = ["--base_model", str(base)]
+    result = [
+        Stage("crowd", [py, "-m", "safecrowd_llm.textworld", "--out", str(world), "--no-sft", *proportions,
+                        *over.get("world", [])], world / "crowd.jsonl"),
+        Stage("base", [py, _recipe("sft_base.py"), "--config", _recipe("textworld_sft.yaml"), "--output_dir", str(base),
+                       *over.get("base", [])], base / "tiny_base.json"),
+        Stage("skills", [py, _recipe("train_skills.py"), "--config", _recipe("textworld_cpl.yaml"), *common,
+                         "--dataset", str(world / "crowd.jsonl"), "--output_dir", str(skills), *over.get("skills", [])],
+              skills / "skills" / "skills.json"),
+        Stage("pooled_reward", [py, _recipe("train_skills.py"), "--method", "pooled-reward", *common,
+                                "--dataset", str(world / "crowd.jsonl"), "--output_dir", str(out / "pooled_reward"),
+                                "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no",
+                                *over.get("pooled_reward", [])], out / "pooled_reward" / "adapter_config.json"),
+        Stage("router", [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"),
+                         "--skills_dir", str(skills / "skills"), "--output_dir", str(out / "router"),
+                         *over.get("router", [])], out / "router" / "router.json"),
+    ]
+    baselines = [("task_only", "textworld_task_only.yaml", []), ("oracle", "textworld_oracle.yaml", [])]
+    baselines += [(f"rc_{w}", "textworld_rc.yaml", ["--omega", str(w), "--pooled_reward", str(out / "pooled_reward")])
+                  for w in OMEGAS]
+    for name, cfg, extra in baselines:
+        target = out / "baselines" / name
+        result.append(Stage(f"baseline {name}", [py, _recipe("train_baseline.py"), "--config", _recipe(cfg), *common,
+                                                 "--output_dir", str(target), *extra, *over.get("baseline", [])],
+                            target / "policy.json"))
+    result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(out / "evaluate.yaml"),
+                                     *over.get("evaluate", [])], out / "eval" / "results.md"))
+    return result
+
+
+def write_evaluate_config(out: Path) -> Path:
+    """The comparison of this run: ours against every baseline, on the world's held-out prompts."""
+    methods = [
+        {"name": "ours", "kind": "router", "path": str(out / "router")},
+        {"name": "task-only", "kind": "adapter", "path": str(out / "baselines" / "task_only")},
+        {"name": "oracle", "kind": "adapter", "path": str(out / "baselines" / "oracle")},
+        *({"name": f"rc-{w}", "kind": "adapter", "path": str(out / "baselines" / f"rc_{w}"), "group": "RC(omega)",
+           "param": w} for w in OMEGAS),
+        {"name": "base", "kind": "base"},
+    ]
+    cfg = {"base_model": str(out / "base"), "task_reward": "safecrowd_llm.textworld.judges.helpfulness",
+           "out_dir": str(out / "eval"), "samples_per_prompt": 4, "temperature": 1.0, "max_new_tokens": 80,
+           "seed": 0, "cpu_threads": 1, "methods": methods}
+    path = out / "evaluate.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/pipeline", help="run directory (stages already done there are skipped)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="quick: ~15 min on 2 cores; full: the recipes' settings")
+    p.add_argument("--crowd", default=None, help="crowd proportions: '10:1' (thorough:breezy) or e.g. 'thorough=3,formal=1'; default balanced")
+    p.add_argument("--only", nargs="*", default=None, help="run only these stages (names as printed)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_evaluate_config(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    todo = stages(out, args.profile, args.crowd)
+    start = time.perf_counter()
+    for i, stage in enumerate(todo, 1):
+        if args.only and stage.name not in args.only and stage.name.split()[0] not in args.only:
+            continue
+        if stage.done.exists():
+            print(f"[{i}/{len(todo)}] {stage.name}: done already ({stage.done})", flush=True)
+            continue
+        print(f"[{i}/{len(todo)}] {stage.name}: {' '.join(stage.command[1:])}", flush=True)
+        t = time.perf_counter()
+        rc = subprocess.call(stage.command, env=env)
+        if rc != 0:
+            raise SystemExit(f"stage {stage.name!r} failed (exit {rc}); fix it and rerun: finished stages are kept")
+        print(f"[{i}/{len(todo)}] {stage.name}: {time.perf_counter() - t:.0f} s", flush=True)
+    results = out / "eval" / "results.md"
+    if results.exists():
+        print(f"\n{results.read_text()}\nresults: {out / 'eval' / 'results.json'}; plot: {out / 'eval' / 'reward_cost.png'}")
+    print(f"pipeline finished in {time.perf_counter() - start:.0f} s ({args.profile} profile) -> {out}")
+
+
+if __name__ == "__main__":
+    main()

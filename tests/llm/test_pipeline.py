@@ -1,0 +1,44 @@
+"""The main job's plan: every stage runs a shipped recipe with its shipped config, finished stages are
+skipped, and the evaluation compares ours with every baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from safecrowd_llm import pipeline
+
+
+def test_stages_use_existing_recipes_and_configs(tmp_path):
+    todo = pipeline.stages(tmp_path, "quick", None)
+    names = [s.name for s in todo]
+    assert names[:5] == ["crowd", "base", "skills", "pooled_reward", "router"] and names[-1] == "evaluate"
+    assert sum(n.startswith("baseline") for n in names) == 2 + len(pipeline.OMEGAS)
+    for stage in todo:
+        for arg in stage.command:
+            if arg.endswith((".py", ".yaml")) and "recipes" in arg:
+                assert Path(arg).exists(), f"{stage.name}: {arg} missing"
+    skills = next(s for s in todo if s.name == "skills")
+    assert str(tmp_path / "base") in skills.command and "--max_steps" in skills.command  # quick profile override
+
+
+def test_imbalanced_crowd_and_evaluation_config(tmp_path):
+    crowd = pipeline.stages(tmp_path, "full", "10:1")[0]
+    assert crowd.command[-2:] == ["--proportions", "thorough=10,breezy=1"]
+    cfg = yaml.safe_load(pipeline.write_evaluate_config(tmp_path).read_text())
+    names = [m["name"] for m in cfg["methods"]]
+    assert {"ours", "task-only", "oracle", "base"} <= set(names)
+    assert [m["param"] for m in cfg["methods"] if m.get("group") == "RC(omega)"] == list(pipeline.OMEGAS)
+
+
+def test_finished_stages_are_skipped(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(pipeline.subprocess, "call", lambda cmd, env: calls.append(cmd) or 0)
+    for stage in pipeline.stages(tmp_path, "quick", None):
+        if stage.name != "router":
+            stage.done.parent.mkdir(parents=True, exist_ok=True)
+            stage.done.write_text("done")
+    pipeline.main(["--out", str(tmp_path)])
+    assert len(calls) == 1 and "train_router.py" in calls[0][1]
+    assert "done already" in capsys.readouterr().out
