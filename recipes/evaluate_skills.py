@@ -9,7 +9,6 @@ Writes ``<run>/skills_eval.json`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -19,9 +18,15 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from safecrowd_llm.core.atomic import write_json
 from safecrowd_llm.data import build_crowd, load_preferences
 from safecrowd_llm.embeddings import cached_embeddings
-from safecrowd_llm.evaluate_skills import context_effect, evaluate_skills, load_skills_model
+from safecrowd_llm.evaluate_skills import (
+    context_effect,
+    evaluate_skills,
+    exact_skill_report,
+    load_skills_model,
+)
 from safecrowd_llm.textworld import TextWorld
 from safecrowd_llm.train_skills import render_pair
 from safecrowd_llm.trainers import LatentSkillModel, reference_logps, tokenize_pairs
@@ -99,10 +104,18 @@ def main(argv=None) -> dict:
     else:
         skills, manifest = load_skills_model(base, run / "skills")
     report = evaluate_skills(skills, manifest, tok, world, eval_prompts, samples_per_prompt=args.samples, seed=args.seed)
+    report["exact"] = exact_skill_report(skills, manifest, tok, world, eval_prompts)
     if args.eval_fraction > 0 and not args.single_adapter:
         report["context"] = held_out_context_effect(run, args.base, args.crowd, args.eval_fraction, args.seed)
-    (run / "skills_eval.json").write_text(json.dumps(report, indent=2))
+    write_json(report, run / "skills_eval.json")
     print(markdown(report))
+    print("\nexact (no sampling): refusal among well-formed answers on held-out hazardous / benign prompts")
+    for name, r in report["exact"]["skills"].items():
+        print(
+            f"  {name}: hazardous {r['hazardous_refusal']:.3f} (worst prompt {r['hazardous_worst_refusal']:.3f}), "
+            f"benign {r['benign_refusal']:.3f}; well-formed {r['hazardous_well_formed']:.2f} / "
+            f"{r['benign_well_formed']:.2f}; top style {r['top_style']}"
+        )
     return report
 
 
