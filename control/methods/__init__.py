@@ -1,0 +1,384 @@
+"""The control methods behind one entry point: ``train_method(method, data, crowd, profile, seed, workdir)``.
+
+========== ==========================================================================================
+oracle     TD3 online on ``r - K cost`` (true cost)                          (:mod:`.baselines`)
+task-only  TD3 online on the env reward ``r``                                (:mod:`.baselines`)
+rc         TD3 online on ``(1 - omega) r + omega r_hat``, pooled BT reward    (:mod:`.baselines`)
+sopl       TD3 online on ``r - K c_hat``, c_hat from safety preference labels (:mod:`.baselines`)
+safe-vpl   VAE + BT latent reward -> TD3+BC skills -> high-level TD3 on ``r`` (:mod:`.skills_vpl`, :mod:`.composition`)
+safe-cpl   VAE + CPL latent policy (skills)       -> high-level TD3 on ``r`` (:mod:`.skills_cpl`, :mod:`.composition`)
+========== ==========================================================================================
+
+Every stage caches its result in ``workdir`` (safetensors + a JSON sidecar keyed by a config hash):
+a rerun with the same inputs loads finished stages, and online TD3 resumes from its last checkpoint.
+``workdir/train_log.json`` records stage timings and learning curves.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from control.methods.baselines import (
+    RewardModelConfig,
+    StepScore,
+    default_cost_penalty,
+    fit_segment_model,
+    match_scale,
+    rc_mix,
+)
+from control.methods.common import (
+    ActorPolicy,
+    Policy,
+    Spaces,
+    config_hash,
+    crowd_fingerprint,
+    data_fingerprint,
+    load_checkpoint,
+    load_module,
+    model_crowd,
+    module_tensors,
+    save_checkpoint,
+    seed_everything,
+    segment_features,
+)
+from control.methods.composition import CompositionConfig, HighLevelTD3, train_offline_high_level
+from control.methods.latent import LatentConfig, pick_skills
+from control.methods.online import OnlineConfig, train_online
+from control.methods.skills_cpl import CPLConfig, fit_cpl_skills
+from control.methods.skills_vpl import VPLConfig, fit_vpl_reward, train_vpl_skills
+from control.td3 import TD3, TD3Config
+from safecrowd_llm.core.atomic import write_json
+
+__all__ = ["METHODS", "MethodConfig", "Policy", "train_method"]
+
+METHODS: tuple[str, ...] = ("oracle", "task-only", "rc", "sopl", "safe-vpl", "safe-cpl")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Options of :func:`train_method` (pass any field as a keyword ``option``)."""
+
+    omega: float = 0.5  # RC's reward weight
+    beta_reg: float = 0.1  # prior regulariser of the high-level policy (relative to the normalised Q)
+    offline: bool = False  # high-level policy trained offline on D_tau with the BC term (Eq. 12)
+    cost_penalty: float | None = None  # Oracle's/SOPL's K; None = default_cost_penalty(D_tau rewards)
+    update_every: int = 2  # env steps per TD3 update online (2 halves the compute of a quick run)
+    learning_starts: int = 1_000  # capped at a tenth of the profile's td3_steps
+    checkpoint_every: int = 10_000
+    hidden: tuple[int, ...] = (128, 128)  # every TD3 actor/critic and decoder
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    cpl: CPLConfig = field(default_factory=CPLConfig)
+    vpl: VPLConfig = field(default_factory=VPLConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    composition: CompositionConfig = field(default_factory=CompositionConfig)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> MethodConfig:
+        valid = {f.name for f in fields(cls)}
+        bad = sorted(set(options) - valid)
+        if bad:
+            raise ValueError(f"unknown method option(s) {bad}; valid: {sorted(valid)}")
+        cfg = replace(cls(), **options)
+        if cfg.update_every < 1:
+            raise ValueError(f"update_every must be >= 1, got {cfg.update_every}")
+        return cfg
+
+
+def train_method(
+    method: str,
+    data: Any,
+    crowd: Any,
+    profile: Any,
+    seed: int,
+    workdir: str | Path,
+    progress: bool = True,
+    **options: Any,
+) -> Policy:
+    """Train ``method`` (one of :data:`METHODS`) on D_tau ``data`` and ``crowd``; returns its policy.
+
+    ``options`` are :class:`MethodConfig` fields (``omega``, ``beta_reg``, ``offline``, ...).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    config = MethodConfig.from_options(**options)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    spaces = Spaces.from_data(data)
+    run = _Run(method, data, crowd, profile, seed, workdir, progress, config, spaces)
+    policy = run.train()
+    write_json(run.log, workdir / "train_log.json")
+    return policy
+
+
+@dataclass
+class _Run:
+    method: str
+    data: Any
+    crowd: Any
+    profile: Any
+    seed: int
+    workdir: Path
+    progress: bool
+    config: MethodConfig
+    spaces: Spaces
+    log: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.inputs = [data_fingerprint(self.data), crowd_fingerprint(self.crowd), self.profile, self.seed]
+        self.log = {
+            "method": self.method,
+            "seed": self.seed,
+            "profile": getattr(self.profile, "name", "?"),
+            "stages": {},
+        }
+        self.online = OnlineConfig(
+            steps=self.profile.td3_steps,
+            learning_starts=min(self.config.learning_starts, max(1, self.profile.td3_steps // 10)),
+            update_every=self.config.update_every,
+            checkpoint_every=self.config.checkpoint_every,
+            max_episode_steps=getattr(self.profile, "max_episode_steps", None),
+        )
+
+    def td3_config(self, **kw: Any) -> TD3Config:
+        return TD3Config(hidden=self.config.hidden, **kw)
+
+    def stage(self, name: str, seconds: float, **info: Any) -> None:
+        self.log["stages"][name] = {"seconds": round(seconds, 2), **info}
+
+    def train(self) -> Policy:
+        if self.method in ("safe-vpl", "safe-cpl"):
+            return self.train_ours()
+        return self.train_baseline()
+
+    # ---- baselines --------------------------------------------------------------------------------------
+    def training_reward(self):
+        """The per-step training reward of a baseline (see :mod:`control.methods.baselines`)."""
+        cfg, data = self.config, self.data
+        K = cfg.cost_penalty if cfg.cost_penalty is not None else default_cost_penalty(data.rew)
+        self.log["cost_penalty"] = K
+        if self.method == "oracle":
+            return lambda o, a, r, c, o2: r - K * c
+        if self.method == "task-only":
+            return lambda o, a, r, c, o2: r
+        T = self.crowd.crowd.feature_shape[0]
+        pairs = np.asarray(self.crowd.pairs)
+        seg_a = segment_features(self.spaces, data, pairs[:, 0], T)
+        seg_b = segment_features(self.spaces, data, pairs[:, 1], T)
+        is_sopl = self.method == "sopl"
+        labels = torch.as_tensor(
+            np.asarray(self.crowd.safety_labels if is_sopl else self.crowd.labels), dtype=torch.float32
+        )
+        h = config_hash("reward-model", self.method, cfg.reward_model, *self.inputs)
+        path = self.workdir / "reward_model.safetensors"
+        t0 = time.perf_counter()
+        from control.networks import StepRewardMLP
+
+        model = StepRewardMLP(seg_a.shape[-1], cfg.reward_model.hidden, nonnegative=is_sopl)
+        if (found := load_checkpoint(path, h)) is not None:
+            load_module("model", model, found[0])
+            model.eval().requires_grad_(False)
+            info = found[1]["info"]
+        else:
+            model, hist = fit_segment_model(
+                seg_a, seg_b, labels, self.profile.vae_steps, cfg.reward_model, seed=self.seed, cost=is_sopl,
+                progress=self.progress, desc=f"{self.method} BT model",
+            )  # fmt: skip
+            info = {
+                "loss_first": hist[0]["loss"],
+                "loss_last": float(np.mean([m["loss"] for m in hist[-50:]])),
+            }
+            save_checkpoint(path, module_tensors("model", model), {"config_hash": h, "info": info})
+        self.stage("reward_model", time.perf_counter() - t0, **info)
+        score = StepScore(self.spaces, model)
+        g = score.raw(data.obs, data.act)
+        if is_sopl:
+            score.a, score.clip = 1.0 / max(float(np.quantile(g, 0.99)), 1e-8), (0.0, 1.0)
+            return lambda o, a, r, c, o2: r - K * float(score(o, a))
+        score.a, score.b = match_scale(g, data.rew)
+        omega = cfg.omega
+        self.log["omega"] = omega
+        return lambda o, a, r, c, o2: float(rc_mix(r, float(score(o, a)), omega))
+
+    def train_baseline(self) -> Policy:
+        reward_fn = self.training_reward()
+        agent = TD3(self.spaces.obs_dim, self.spaces.act_dim, self.td3_config(), seed=self.seed)
+        cfg = self.config
+        relevant: dict[str, Any] = {
+            "hidden": cfg.hidden,
+            "update_every": cfg.update_every,
+            "online": self.online,
+        }
+        if self.method in ("oracle", "sopl"):
+            relevant["cost_penalty"] = self.log["cost_penalty"]
+        if self.method in ("rc", "sopl"):
+            relevant |= {
+                "omega": cfg.omega if self.method == "rc" else None,
+                "reward_model": cfg.reward_model,
+            }
+        h = config_hash("online", self.method, relevant, *self.inputs)
+        if self.load_final(h, agent):
+            return ActorPolicy(self.spaces, agent.actor)
+        log = train_online(
+            self.data.env_id, agent, self.spaces, reward_fn, self.online, seed=self.seed, workdir=self.workdir,
+            config_hash=h, progress=self.progress, desc=self.method,
+        )  # fmt: skip
+        self.finish_online(h, agent, log)
+        return ActorPolicy(self.spaces, agent.actor)
+
+    def load_final(self, h: str, agent: TD3) -> bool:
+        found = load_checkpoint(self.workdir / "final.safetensors", h)
+        if found is None:
+            return False
+        agent.load_state_tensors(found[0])
+        self.stage("online", 0.0, cached=True, **found[1].get("summary", {}))
+        return True
+
+    def finish_online(self, h: str, agent: TD3, log: dict[str, Any]) -> None:
+        eps = log["episodes"]
+        last = eps[-5:] if eps else []
+        summary = {
+            "episodes": len(eps),
+            "updates": log["updates"],
+            "last_episode_reward": float(np.mean([e["reward"] for e in last])) if last else None,
+            "last_episode_cost": float(np.mean([e["cost"] for e in last])) if last else None,
+        }
+        self.stage("online", log["wall_s"], **summary)
+        self.log["episodes"] = eps
+        save_checkpoint(
+            self.workdir / "final.safetensors", agent.state_tensors(), {"config_hash": h, "summary": summary}
+        )
+        (self.workdir / "online_checkpoint.safetensors").unlink(missing_ok=True)
+        (self.workdir / "online_checkpoint.json").unlink(missing_ok=True)
+
+    # ---- Safe-VPL / Safe-CPL ---------------------------------------------------------------------------
+    def skills(self) -> tuple[Any, torch.nn.Module]:
+        """Fit (or load) the VAE and the frozen skill module pi_l(s, z') of this method."""
+        cfg, prof = self.config, self.profile
+        mcrowd = model_crowd(self.crowd.crowd, self.spaces)
+        dtau = self.spaces.tensors(self.data)
+        latent = replace(cfg.latent)
+        cpl = replace(cfg.cpl, latent=latent, policy_hidden=cfg.hidden)
+        vpl = replace(
+            cfg.vpl, latent=latent, reward_hidden=cfg.hidden[0], td3=replace(cfg.vpl.td3, hidden=cfg.hidden)
+        )
+        h = config_hash("skills", self.method, cpl if self.method == "safe-cpl" else vpl, *self.inputs)
+        path = self.workdir / "skills.safetensors"
+        found = load_checkpoint(path, h)
+        t0 = time.perf_counter()
+        info: dict[str, Any]
+        if self.method == "safe-cpl":
+            if found is None:
+                vae, skill, hist = fit_cpl_skills(
+                    mcrowd, dtau, self.spaces.act_dim, prof.latent_dim, prof.vae_steps, cpl, seed=self.seed,
+                    progress=self.progress,
+                )  # fmt: skip
+                info = _curve(hist, "loss") | _curve(hist, "log_lik") | _curve(hist, "bc_nll")
+        else:
+            if found is None:
+                vae, reward, hist = fit_vpl_reward(
+                    mcrowd, prof.latent_dim, prof.vae_steps, vpl, seed=self.seed, progress=self.progress
+                )
+                info = _curve(hist, "loss") | _curve(hist, "log_lik")
+                _, means, stds = pick_skills(vae, mcrowd, prof.num_skills, self.seed)
+                skill, skill_hist = train_vpl_skills(
+                    vae,
+                    reward,
+                    means,
+                    stds,
+                    dtau,
+                    prof.skill_steps,
+                    vpl,
+                    seed=self.seed,
+                    progress=self.progress,
+                )
+                info |= {f"skill_{k}": v for k, v in _curve(skill_hist, "critic_loss").items()}
+        if found is not None:
+            vae, skill = self.build_skill_modules(mcrowd, cpl, vpl)
+            load_module("vae", vae, found[0])
+            load_module("skill", skill, found[0])
+            skill.eval().requires_grad_(False)
+            info = found[1]["info"]
+        else:
+            save_checkpoint(
+                path,
+                module_tensors("vae", vae) | module_tensors("skill", skill),
+                {"config_hash": h, "info": info},
+            )
+        self.stage("skills", time.perf_counter() - t0, **info)
+        selection, means, _ = pick_skills(vae, mcrowd, prof.num_skills, self.seed)
+        write_json(
+            {
+                "latent_dim": prof.latent_dim,
+                "skills": [
+                    {"latent": z.tolist(), "log_prior": float(lp), "annotators": cov}
+                    for z, lp, cov in zip(selection.latents, selection.log_prior, selection.covered)
+                ],
+                "posterior_means": {a: m.tolist() for a, m in zip(mcrowd.annotator_ids, means)},
+                "config_hash": h,
+            },
+            self.workdir / "skill_latents.json",
+        )
+        return vae, skill
+
+    def build_skill_modules(self, mcrowd: Any, cpl: CPLConfig, vpl: VPLConfig) -> tuple[Any, torch.nn.Module]:
+        from control.methods.latent import build_vae
+        from control.methods.skills_vpl import ConcatSkill
+        from control.networks import DeterministicActor, GaussianLatentPolicy
+
+        d, a, z = self.spaces.obs_dim, self.spaces.act_dim, self.profile.latent_dim
+        vae = build_vae(mcrowd.feature_shape, z, self.config.latent)
+        if self.method == "safe-cpl":
+            return vae, GaussianLatentPolicy(d, z, a, cpl.policy_hidden)
+        return vae, ConcatSkill(DeterministicActor(d + z, a, vpl.td3.hidden))
+
+    def train_ours(self) -> Policy:
+        vae, skill = self.skills()
+        cfg = self.config
+        comp = replace(cfg.composition, beta_reg=cfg.beta_reg, td3=self.td3_config())
+        agent = HighLevelTD3(
+            self.spaces.obs_dim,
+            self.spaces.act_dim,
+            skill,
+            vae.prior,
+            comp,
+            seed=self.seed,
+            offline=cfg.offline,
+        )
+        h = config_hash("high-level", self.method, cfg, *self.inputs)
+        self.log["beta_reg"] = cfg.beta_reg
+        if self.load_final(h, agent):
+            return ActorPolicy(self.spaces, agent.policy)
+        if cfg.offline:
+            t0 = time.perf_counter()
+            hist = train_offline_high_level(
+                agent,
+                self.spaces.tensors(self.data),
+                self.profile.skill_steps,
+                seed=self.seed,
+                progress=self.progress,
+            )
+            self.stage("high_level_offline", time.perf_counter() - t0, **_curve(hist, "critic_loss"))
+            save_checkpoint(self.workdir / "final.safetensors", agent.state_tensors(), {"config_hash": h})
+        else:
+            reward_fn = lambda o, a, r, c, o2: r  # noqa: E731 -- the new task's reward only, never the cost
+            log = train_online(
+                self.data.env_id, agent, self.spaces, reward_fn, self.online, seed=self.seed, workdir=self.workdir,
+                config_hash=h, progress=self.progress, desc=f"{self.method} high-level",
+            )  # fmt: skip
+            self.finish_online(h, agent, log)
+        return ActorPolicy(self.spaces, agent.policy)
+
+
+def _curve(history: list[dict[str, float]], key: str) -> dict[str, float]:
+    """First and last-50-mean of a metric, for the training log."""
+    values = [m[key] for m in history if key in m]
+    if not values:
+        return {}
+    return {f"{key}_first": float(values[0]), f"{key}_last": float(np.mean(values[-50:]))}

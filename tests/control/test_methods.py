@@ -1,0 +1,274 @@
+"""Control methods: skill fits (Safe-CPL, Safe-VPL), the prior-regularised high-level policy, the
+baselines' reward definitions, seeding and stage caching.
+
+Skill fits run on the synthetic 1-D "action level" world of ``tests/control/synthetic.py``, where a step
+is unsafe when its action exceeds 0.5 and one user type wants 0.9: a skill learned from its preferences
+has picked up the shared safety principle when it prefers a safe segment to an unsafe one that its
+personal goal alone would favour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from control.methods import METHODS, MethodConfig, train_method
+from control.methods.baselines import default_cost_penalty, fit_segment_model, match_scale, rc_mix
+from control.methods.common import Spaces, config_hash, model_crowd
+from control.methods.composition import CompositionConfig, HighLevelTD3
+from control.methods.latent import LatentConfig, pick_skills
+from control.methods.skills_cpl import CPLConfig, fit_cpl_skills
+from control.methods.skills_vpl import VPLConfig, fit_vpl_reward, train_vpl_skills
+from control.td3 import ReplayBuffer, TD3Config
+from safecrowd_llm.core import StandardNormalPrior
+from tests.control import synthetic as syn
+
+TINY_LATENT = LatentConfig(
+    encoder_hidden=32, encoder_layers=0, annotators_per_batch=8, lr=3e-3, kl_warmup_fraction=0.2
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    data = syn.make_data()
+    crowd = syn.make_crowd(data)
+    spaces = Spaces.from_data(data, np.array([-1.0]), np.array([1.0]))
+    return data, crowd, spaces, model_crowd(crowd.crowd, spaces), spaces.tensors(data)
+
+
+def _held_out_segments(spaces: Spaces, levels: np.ndarray, seed: int) -> torch.Tensor:
+    """Model-space features ``(n, T, 3)`` of segments holding each action level."""
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((len(levels), syn.T, 2)).astype(np.float32)
+    act = np.clip(levels[:, None, None] + 0.05 * rng.standard_normal((len(levels), syn.T, 1)), -1, 1)
+    return spaces.features(torch.from_numpy(obs), torch.from_numpy(act.astype(np.float32)))
+
+
+def _falls(history: list[dict[str, float]], key: str = "loss", n: int = 30) -> tuple[float, float]:
+    values = [m[key] for m in history]
+    return float(np.mean(values[:n])), float(np.mean(values[-n:]))
+
+
+@pytest.fixture(scope="module")
+def cpl_fit(world):
+    _, _, _, mcrowd, dtau = world
+    cfg = CPLConfig(latent=TINY_LATENT, policy_hidden=(32, 32), alpha=1.0, lam=0.75, bc_weight=0.1)
+    return fit_cpl_skills(mcrowd, dtau, 1, 2, 200, cfg, seed=0, progress=False)
+
+
+def test_cpl_skills_loss_falls_and_every_skill_prefers_the_safe_segment(world, cpl_fit) -> None:
+    _, _, spaces, mcrowd, _ = world
+    vae, policy, history = cpl_fit
+    first, last = _falls(history)
+    assert last < 0.8 * first
+    selection, means, _ = pick_skills(vae, mcrowd, 3, seed=0)
+    safe, unsafe = syn.held_out_pairs()
+    xs, xu = _held_out_segments(spaces, safe, 1), _held_out_segments(spaces, unsafe, 2)
+    with torch.no_grad():
+        for z in selection.latents:
+            f_safe = policy.log_prob(xs[..., :2], z, xs[..., 2:]).sum(-1)
+            f_unsafe = policy.log_prob(xu[..., :2], z, xu[..., 2:]).sum(-1)
+            assert (f_safe > f_unsafe).float().mean() > 0.8
+            assert policy.mean(torch.zeros(1, 2), z[None]).item() < syn.UNSAFE  # the decoded skill is safe
+    # the latent tells user types apart: decoded at their posterior means, "low" users act lower than "fast" ones
+    with torch.no_grad():
+        acts = policy.mean(torch.zeros(len(means), 2), means).squeeze(-1)
+    kind = np.array([a.split("-")[0] for a in mcrowd.annotator_ids])
+    assert acts[kind == "low"].mean() < acts[kind == "fast"].mean() - 0.2
+
+
+def test_vpl_reward_loss_falls_and_every_skill_reward_prefers_the_safe_segment(world) -> None:
+    _, _, spaces, mcrowd, dtau = world
+    cfg = VPLConfig(
+        latent=TINY_LATENT, reward_hidden=32, td3=TD3Config(hidden=(32, 32), batch_size=64, bc_alpha=2.5)
+    )
+    vae, reward, history = fit_vpl_reward(mcrowd, 2, 200, cfg, seed=0, progress=False)
+    first, last = _falls(history)
+    assert last < 0.8 * first
+    selection, means, stds = pick_skills(vae, mcrowd, 3, seed=0)
+    safe, unsafe = syn.held_out_pairs()
+    xs, xu = _held_out_segments(spaces, safe, 1), _held_out_segments(spaces, unsafe, 2)
+    with torch.no_grad():
+        for z in selection.latents:
+            prefers_safe = reward.step_reward(xs, z).sum(-1) > reward.step_reward(xu, z).sum(-1)
+            assert prefers_safe.float().mean() > 0.8
+    skill, skill_history = train_vpl_skills(vae, reward, means, stds, dtau, 100, cfg, seed=0, progress=False)
+    assert len(skill_history) == 100
+    u = skill(torch.zeros(4, 2), selection.latents[:1])
+    assert u.shape == (4, 1) and not u.requires_grad and (u.abs() <= 1).all()
+
+
+class _TanhSkill(nn.Module):
+    """A stand-in frozen skill: the action is tanh of the latent's first coordinate."""
+
+    def forward(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z[..., :1]).expand(*s.shape[:-1], 1)
+
+
+def _train_high_level(beta_reg: float) -> float:
+    """Train pi_h where the task rewards the largest action; returns mean |z'|."""
+    cfg = CompositionConfig(
+        td3=TD3Config(hidden=(32, 32), batch_size=64, actor_lr=1e-3, critic_lr=3e-3), beta_reg=beta_reg
+    )
+    agent = HighLevelTD3(2, 1, _TanhSkill(), StandardNormalPrior(2), cfg, seed=0)
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(2, 1, 1000, seed=0)
+    for _ in range(1000):
+        x = (0.1 * rng.standard_normal(2)).astype(np.float32)
+        u = rng.uniform(-1, 1, 1).astype(np.float32)
+        buf.add(x, u, float(u[0]), x, True)
+    for _ in range(250):
+        agent.update(buf.sample(64))
+    with torch.no_grad():
+        return float(agent.latent(0.1 * torch.randn(128, 2)).norm(dim=-1).mean())
+
+
+def test_prior_regulariser_pulls_the_high_level_latent_towards_the_prior_mode() -> None:
+    free, regularised = _train_high_level(0.0), _train_high_level(10.0)
+    assert free > 1.5  # the task alone drives z' out towards the bound (tanh(z) -> 1)
+    assert regularised < 0.5  # a large beta_reg keeps z' near the prior's mode 0
+
+
+def test_rc_mixes_rewards_as_defined() -> None:
+    assert rc_mix(2.0, -4.0, 0.0) == 2.0
+    assert rc_mix(2.0, -4.0, 1.0) == -4.0
+    assert rc_mix(2.0, -4.0, 0.5) == pytest.approx(-1.0)
+    assert rc_mix(2.0, -4.0, 0.25) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="omega"):
+        rc_mix(1.0, 1.0, 1.5)
+    g = np.array([0.0, 1.0, 2.0, 5.0])
+    target = np.array([10.0, 12.0, 9.0, 13.0])
+    a, b = match_scale(g, target)
+    assert np.mean(a * g + b) == pytest.approx(target.mean()) and np.std(a * g + b) == pytest.approx(
+        target.std()
+    )
+    assert default_cost_penalty(np.array([0.5, -3.0, 1.0])) == pytest.approx(
+        2 * np.quantile([0.5, 3.0, 1.0], 0.99)
+    )
+
+
+def test_sopl_cost_model_ranks_costly_segments_higher(world) -> None:
+    data, crowd, spaces, _, _ = world
+    from control.methods.common import segment_features
+
+    pairs = crowd.pairs
+    sa, sb = (
+        segment_features(spaces, data, pairs[:, 0], syn.T),
+        segment_features(spaces, data, pairs[:, 1], syn.T),
+    )
+    from control.methods.baselines import RewardModelConfig
+
+    model, history = fit_segment_model(
+        sa, sb, torch.as_tensor(crowd.safety_labels), 200, RewardModelConfig(hidden=(32, 32)), seed=0, cost=True,
+        progress=False,
+    )  # fmt: skip
+    first, last = _falls(history)
+    assert last < first
+    safe, unsafe = syn.held_out_pairs()
+    with torch.no_grad():
+        c_safe = model(_held_out_segments(spaces, safe, 1)).sum(-1)
+        c_unsafe = model(_held_out_segments(spaces, unsafe, 2)).sum(-1)
+    assert (c_unsafe > c_safe).float().mean() > 0.9
+    assert (c_safe >= 0).all()
+
+
+def test_same_seed_same_skill_fit(world) -> None:
+    _, _, _, mcrowd, dtau = world
+    cfg = CPLConfig(latent=TINY_LATENT, policy_hidden=(16, 16))
+    runs = [fit_cpl_skills(mcrowd, dtau, 1, 2, 10, cfg, seed=4, progress=False) for _ in range(2)]
+    assert [m["loss"] for m in runs[0][2]] == [m["loss"] for m in runs[1][2]]
+    for p, q in zip(runs[0][1].parameters(), runs[1][1].parameters()):
+        assert torch.equal(p, q)
+    other = fit_cpl_skills(mcrowd, dtau, 1, 2, 10, cfg, seed=5, progress=False)
+    assert [m["loss"] for m in other[2]] != [m["loss"] for m in runs[0][2]]
+
+
+def test_options_are_validated() -> None:
+    assert METHODS == ("oracle", "task-only", "rc", "sopl", "safe-vpl", "safe-cpl")
+    with pytest.raises(ValueError, match="unknown method option"):
+        MethodConfig.from_options(omgea=0.3)
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        train_method("ppo", None, None, None, 0, "/tmp/unused")
+    assert MethodConfig.from_options(omega=0.3, offline=True).omega == 0.3
+    assert config_hash(MethodConfig()) == config_hash(MethodConfig())
+    assert config_hash(MethodConfig()) != config_hash(replace(MethodConfig(), beta_reg=1.0))
+
+
+# ---- on a real env (tiny budgets) ------------------------------------------------------------------------
+def _real_env_inputs(tmp_path_factory):
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("bullet_safety_gym")
+    from control.crowd import CrowdSpec, make_crowd
+    from control.offline import load_or_generate
+    from control.profiles import get_profile
+
+    profile = get_profile("test", td3_steps=150)
+    data = load_or_generate("Circle", profile, root=tmp_path_factory.mktemp("data"), progress=False)
+    crowd = make_crowd(data, CrowdSpec(num_annotators=6, pairs_per_annotator=8, segment_length=10))
+    return data, crowd, profile
+
+
+@pytest.fixture(scope="module")
+def real_env(tmp_path_factory):
+    return _real_env_inputs(tmp_path_factory)
+
+
+def _actions(policy, data) -> np.ndarray:
+    return np.stack([policy(o) for o in data.obs[:20]])
+
+
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) if m in ("oracle", "task-only") else m for m in METHODS],
+)
+def test_every_method_trains_on_a_real_env_and_acts_in_bounds(real_env, tmp_path, method) -> None:
+    data, crowd, profile = real_env
+    policy = train_method(method, data, crowd, profile, 0, tmp_path / method, progress=False)
+    acts = _actions(policy, data)
+    assert acts.shape == (20, data.act_dim) and np.isfinite(acts).all() and (np.abs(acts) <= 1.0 + 1e-6).all()
+    log = (tmp_path / method / "train_log.json").read_text()
+    assert '"online"' in log or '"high_level_offline"' in log
+
+
+def test_train_method_is_seeded_and_reuses_finished_stages(real_env, tmp_path) -> None:
+    import json
+
+    data, crowd, profile = real_env
+    a = _actions(train_method("safe-cpl", data, crowd, profile, 1, tmp_path / "a", progress=False), data)
+    b = _actions(train_method("safe-cpl", data, crowd, profile, 1, tmp_path / "b", progress=False), data)
+    np.testing.assert_array_equal(a, b)
+    again = _actions(train_method("safe-cpl", data, crowd, profile, 1, tmp_path / "a", progress=False), data)
+    np.testing.assert_array_equal(a, again)
+    assert json.loads((tmp_path / "a" / "train_log.json").read_text())["stages"]["online"]["cached"] is True
+    other = _actions(train_method("safe-cpl", data, crowd, profile, 2, tmp_path / "c", progress=False), data)
+    assert not np.array_equal(a, other)
+    offline = train_method("safe-cpl", data, crowd, profile, 1, tmp_path / "d", progress=False, offline=True)
+    assert np.isfinite(_actions(offline, data)).all()
+
+
+def test_online_training_resumes_from_its_checkpoint(real_env, tmp_path) -> None:
+    from control.methods.online import OnlineConfig, train_online
+    from control.td3 import TD3
+
+    data, _, _ = real_env
+    spaces = Spaces.from_data(data)
+    cfg = OnlineConfig(steps=450, learning_starts=50, checkpoint_every=200)
+    td3 = TD3Config(hidden=(16, 16), batch_size=32)
+
+    def run() -> tuple[dict, TD3]:
+        agent = TD3(spaces.obs_dim, spaces.act_dim, td3, seed=0)
+        reward = lambda o, a, r, c, o2: r  # noqa: E731
+        return train_online(
+            "Circle", agent, spaces, reward, cfg, seed=0, workdir=tmp_path, config_hash="h"
+        ), agent
+
+    full, _ = run()
+    assert (tmp_path / "online_checkpoint.safetensors").exists()  # written at the episode end at step 400
+    resumed, _ = run()  # picks up at step 400 and runs the last 50 steps only
+    assert resumed["updates"] == full["updates"] == 450 - 50 + 1
+    assert resumed["episodes"][:2] == full["episodes"][:2]
+    assert [e["step"] for e in resumed["episodes"]] == [200, 400]
