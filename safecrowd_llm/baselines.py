@@ -17,7 +17,6 @@ last and atomically: a directory without ``policy.json`` is an unfinished run.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import statistics
@@ -33,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import GRPOConfig, GRPOTrainer
 
 from .core.atomic import write_json
+from .rewards import load_reward
 from .textworld import TextWorld, parse_response, safety_cost
 from .textworld.judges import make_oracle_reward
 from .tiny_base import sample_completions
@@ -49,7 +49,6 @@ __all__ = [
     "build_objective",
     "fit_scale",
     "heldout_report",
-    "import_reward",
     "load_prompts",
     "train_baseline",
 ]
@@ -147,24 +146,6 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
 
 
 # ----------------------------------------------------------------------------------------- rewards
-def import_reward(name: str) -> RewardFn:
-    """The callable named ``package.module.attr`` (TRL's convention for reward functions in configs)."""
-    module_name, _, attr = name.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"reward must be a dotted name like 'package.module.function', got {name!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import module {module_name!r} of reward {name!r}: {err}") from err
-    try:
-        fn = getattr(module, attr)
-    except AttributeError as err:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (reward {name!r})") from err
-    if not callable(fn):
-        raise ValueError(f"reward {name!r} is a {type(fn).__name__}, not a callable (prompt, completion) -> float")
-    return fn
-
-
 def as_text(x: Any) -> str:
     """A TRL prompt/completion as text: strings pass through, a message list gives its last message's content
     (task rewards take ``(prompt: str, completion: str)``)."""
@@ -426,7 +407,7 @@ def train_baseline(args: BaselineConfig) -> Path:
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     set_seed(args.seed)
-    task = import_reward(args.task_reward)
+    task = load_reward(args.task_reward)
     world = TextWorld.from_yaml(args.world_config)
     in_world = args.prompts == TEXTWORLD or args.method == "oracle"
     tokenizer = AutoTokenizer.from_pretrained(args.base_model, trust_remote_code=args.trust_remote_code)

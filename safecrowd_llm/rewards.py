@@ -16,14 +16,14 @@ def load_reward(name: str) -> RewardFn:
     """Import ``package.module.attr`` (or ``package.module:attr``) and check it is callable."""
     module_name, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
     if not sep or not module_name or not attr:
-        raise ValueError(f"reward {name!r}: expected a dotted path like 'package.module.function'")
+        raise ValueError(f"reward must be a dotted name like 'package.module.function', got {name!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"reward {name!r}: cannot import module {module_name!r} ({e})") from e
+        raise ValueError(f"cannot import module {module_name!r} of reward {name!r}: {e}") from e
     fn = getattr(module, attr, None)
     if fn is None:
-        raise ValueError(f"reward {name!r}: module {module_name!r} has no attribute {attr!r}")
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (reward {name!r})")
     if not callable(fn):
-        raise ValueError(f"reward {name!r}: {attr!r} is not callable")
+        raise ValueError(f"reward {name!r} is a {type(fn).__name__}, not a callable (prompt, completion) -> float")
     return fn

@@ -22,10 +22,10 @@ from safecrowd_llm.baselines import (
     RewardCombination,
     build_objective,
     fit_scale,
-    import_reward,
     load_prompts,
     train_baseline,
 )
+from safecrowd_llm.rewards import load_reward
 from safecrowd_llm.textworld import ResponseSpec, TextWorld, helpfulness
 from safecrowd_llm.tiny_base import build_tiny_model, sample_completions, train_tokenizer, world_texts
 
@@ -144,7 +144,7 @@ def test_oracle_objective_is_task_minus_true_cost():
 ])
 def test_a_bad_reward_name_raises_a_clear_error(name, match):
     with pytest.raises(ValueError, match=match):
-        import_reward(name)
+        load_reward(name)
 
 
 def test_prompts_come_from_the_world_or_a_prompt_column(tmp_path):
@@ -161,7 +161,7 @@ def test_prompts_come_from_the_world_or_a_prompt_column(tmp_path):
 
 
 def test_config_validates_the_method():
-    assert import_reward("safecrowd_llm.textworld.judges.helpfulness") is helpfulness
+    assert load_reward("safecrowd_llm.textworld.judges.helpfulness") is helpfulness
     with pytest.raises(ValueError, match="method must be one of"):
         BaselineConfig(output_dir="unused", method="magic", use_cpu=True)
     with pytest.raises(ValueError, match="needs pooled_reward"):
