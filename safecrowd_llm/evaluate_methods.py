@@ -10,6 +10,7 @@ Pareto curve, ours' beta_reg sweep beside it).
 
 from __future__ import annotations
 
+import json
 import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,18 +65,21 @@ def _generate(spec: MethodSpec, base_model: str, tokenizer, prompts: Sequence[st
         model = PeftModel.from_pretrained(base, spec.path).eval()
         return sample_completions(model, tokenizer, prompts, **sampling), [None] * len(prompts) * n
     from .evaluate_skills import load_skills_model
-    from .router import generate_routed, load_router
+    from .router import generate_routed, load_continuous_router, load_router
+
+    repeated = [p for p in prompts for _ in range(n)]
+    if json.loads((Path(spec.path) / "router.json").read_text()).get("kind") == "continuous":
+        router = load_continuous_router(spec.path)
+        texts = router.generate(repeated, **{k: v for k, v in sampling.items() if k != "n"})
+        return texts, [None] * len(texts)
 
     model, _ = load_skills_model(base, _router_skills(spec.path))
     router = load_router(spec.path, model, tokenizer)
-    repeated = [p for p in prompts for _ in range(n)]
     texts, picks = generate_routed(router, model, tokenizer, repeated, **{k: v for k, v in sampling.items() if k != "n"})
     return texts, [router.skill_names[k] for k in picks]
 
 
 def _router_skills(router_dir: str) -> str:
-    import json
-
     return json.loads((Path(router_dir) / "router.json").read_text())["skills_dir"]
 
 

@@ -121,7 +121,10 @@ def load_router(
     cfg_path = path / ROUTER_CONFIG
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} not found: is {path} a router directory?")
-    spec = RouterSpec(**json.loads(cfg_path.read_text()))
+    raw = json.loads(cfg_path.read_text())
+    if raw.get("kind") == "continuous":
+        raise ValueError(f"{cfg_path}: a continuous-latent router; load it with router.load_continuous_router")
+    spec = RouterSpec(**raw)
     skills_dir = Path(spec.skills_dir)
     if not skills_dir.is_absolute():
         skills_dir = (path / skills_dir).resolve()
