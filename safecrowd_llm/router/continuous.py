@@ -76,7 +76,7 @@ class ContinuousRouterArguments:
     iterations: int = field(default=100, metadata={"help": "REINFORCE updates."})
     prompts_per_iteration: int = field(default=16, metadata={"help": "Prompts sampled per update."})
     beta_reg: float = field(default=0.05, metadata={"help": "Weight of beta_reg * log p(z')."})
-    learning_rate: float = field(default=1e-2, metadata={"help": "Adam learning rate of the head."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Adam learning rate of the head (1e-2 diverged: |z'| -> bound)."})
     max_new_tokens: int = field(default=80, metadata={"help": "Length limit of sampled completions."})
     bound: float = field(default=3.0, metadata={"help": "|z'_j| <= bound (the prior's bulk)."})
     init_std: float = field(default=0.5, metadata={"help": "Initial std of pi_h's Gaussian."})
