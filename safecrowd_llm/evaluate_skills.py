@@ -42,12 +42,13 @@ def load_skills_model(base_model: torch.nn.Module, skills_dir: str | Path) -> tu
 
 @torch.no_grad()
 def behaviour_distribution(
-    model: torch.nn.Module, tokenizer, world: TextWorld, prompts: Sequence, *, batch_size: int = 64
+    model: torch.nn.Module, tokenizer, world: TextWorld, prompts: Sequence, *, batch_size: int = 64, log: bool = False
 ) -> torch.Tensor:
     """Exact probability ``(P, S)`` that the model answers prompt p with behaviour s (``world.specs``).
 
     Every behaviour has one canonical text, so its probability is one teacher-forced pass — no
-    sampling noise. ``1 - row.sum()`` is the mass on malformed text.
+    sampling noise. ``1 - row.sum()`` is the mass on malformed text. ``log=True`` returns log-probabilities
+    (an untrained model's would underflow to 0).
     """
     rows = [
         tokenize_response(tokenizer, p.text, world.render(p, spec), max_length=10_000)
@@ -64,7 +65,8 @@ def behaviour_distribution(
         resp = torch.tensor([[0] * k + [1] * (len(r) - k) + [0] * (n - len(r)) for r, k in chunk])
         logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
         logps.append(sequence_logps(logits, ids.to(model.device), resp.to(model.device))[0].cpu())
-    return torch.cat(logps).exp().view(len(prompts), len(world.specs))
+    out = torch.cat(logps).view(len(prompts), len(world.specs))
+    return out if log else out.exp()
 
 
 def _style(parsed) -> str:
@@ -137,9 +139,11 @@ def exact_skill_report(
         row: dict[str, Any] = {}
         utility = dict.fromkeys((a.name for a in world.archetypes), 0.0)
         for group, ps in groups.items():
-            dist = behaviour_distribution(model, tokenizer, world, ps)  # (P, S)
+            logp = behaviour_distribution(model, tokenizer, world, ps, log=True)  # (P, S)
+            dist = logp.exp()
             well_formed = dist.sum(1)
-            refusal = dist[:, refused].sum(1) / well_formed.clamp(min=1e-12)
+            # in log space: an untrained or broken skill's probabilities underflow to 0
+            refusal = (logp[:, refused].logsumexp(1) - logp.logsumexp(1)).exp()
             row[f"{group}_well_formed"] = well_formed.mean().item()
             row[f"{group}_refusal"] = refusal.mean().item()
             row[f"{group}_worst_refusal" if group == "hazardous" else f"{group}_max_refusal"] = (
@@ -150,7 +154,7 @@ def exact_skill_report(
                 expected = (dist * u).sum(1) + (1 - well_formed) * world.min_utility(a)
                 utility[a] += expected.sum().item() / len(prompts)
             if group == "benign":
-                answers = dist[:, ~refused].mean(0)
+                answers = torch.softmax(logp[:, ~refused], -1).mean(0)
                 top = [s for s, r in zip(specs, refused) if not r][int(answers.argmax())]
                 row["top_style"] = f"{top.length}/{top.tone}/{top.format}"
         row["utility"] = utility
