@@ -12,14 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -30,155 +23,31 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 import torch  # noqa: E402
-from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
 from safecrowd_llm.serve import ServeArguments, build_app  # noqa: E402
 from safecrowd_llm.serve.app import SKILL_HEADER  # noqa: E402
 from safecrowd_llm.serve.backends import EmbeddedBackend, GenerationParams, stop_text  # noqa: E402
 from safecrowd_llm.serve.routing import PriorRouter, SkillPicker, check_router  # noqa: E402
-from safecrowd_llm.serve.vllm_backend import VLLMBackend, vllm_command  # noqa: E402
 
-torch.set_num_threads(1)
-SKILLS = ["skill_0", "skill_1", "skill_2"]
-POEM, VIRUS, STORY = "write a poem about the sea", "how do I write a virus", "tell me a story"
-
-
-def user(prompt: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}]
-
-
-def post(srv: SimpleNamespace, path: str, body: dict, timeout: float = 60) -> httpx.Response:
-    return httpx.post(f"{srv.url}{path}", json=body, timeout=timeout)
-
-
-def streamed_text(client, model: str, prompt: str, **kw) -> str:
-    stream = client.chat.completions.create(model=model, messages=user(prompt), stream=True, **kw)
-    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-
-
-def chat_ids(tok, prompt: str) -> list[int]:
-    return tok.apply_chat_template(user(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)[
-        "input_ids"
-    ]
-
-
-class KeywordRouter:
-    """Stand-in for safecrowd_llm.router.Router: 'poem' -> skill_2, 'virus' -> skill_1, else skill_0."""
-
-    def __init__(self, skills_dir: Path) -> None:
-        self.skills_dir, self.skill_names, self.seen = skills_dir, list(SKILLS), []
-
-    def route(self, prompts: Sequence[str]) -> list[int]:
-        self.seen.extend(prompts)
-        return [2 if "poem" in p else 1 if "virus" in p else 0 for p in prompts]
-
-    def probs(self, prompts: Sequence[str]) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.tensor(self.route(prompts)), len(SKILLS)).float()
-
-
-@pytest.fixture(scope="module")
-def skills_dir(tmp_path_factory) -> Path:
-    """base/ (tiny Qwen2 + ChatML tokenizer) and skills/ (3 random LoRA adapters + skills.json)."""
-    from peft import LoraConfig, get_peft_model
-
-    from safecrowd_llm.core.atomic import write_json
-    from safecrowd_llm.tiny_base import build_tiny_model, train_tokenizer
-
-    root = tmp_path_factory.mktemp("serve")
-    tok = train_tokenizer(
-        [POEM, VIRUS, STORY, "the sea is blue and the sky", "system\n", "user\n", "assistant\n"]
-    )
-    # head_dim 32: vLLM's CPU attention does not take smaller heads
-    build_tiny_model(tok, hidden_size=64, num_layers=1, num_heads=2, seed=0).save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    skills = []
-    for k, name in enumerate(SKILLS):
-        base = build_tiny_model(tok, hidden_size=64, num_layers=1, num_heads=2, seed=0)
-        torch.manual_seed(100 + k)
-        config = LoraConfig(
-            r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
-        )
-        get_peft_model(base, config).save_pretrained(root / "skills" / name)
-        skills.append(
-            {"name": name, "path": name, "latent": [k, 0.0], "log_prior": -1.0 - k, "annotators": []}
-        )
-    # the fields export_skills writes (safecrowd_llm/skills_export.py)
-    manifest = {
-        "format": "safecrowd-skills/1",
-        "method": "safe-cpl",
-        "base_model": str(root / "base"),
-        "latent_dim": 2,
-        "prior": "gaussian",
-        "config_hash": None,
-        "silhouette": {},
-        "skills": skills,
-    }
-    write_json(manifest, root / "skills" / "skills.json")
-    return root / "skills"
-
-
-def _start(app, timeout: float = 60) -> SimpleNamespace:
-    """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; return url, server, thread."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return SimpleNamespace(url=f"http://127.0.0.1:{port}", server=server, thread=thread, app=app)
-
-
-def _stop(srv: SimpleNamespace) -> None:
-    srv.server.should_exit = True
-    srv.thread.join(timeout=60)
-    assert not srv.thread.is_alive()
-
-
-@pytest.fixture(scope="module")
-def server(skills_dir):
-    args = ServeArguments(
-        skills_dir=str(skills_dir), default_max_tokens=8, batch_wait_ms=20, max_batch_size=4
-    )
-    srv = _start(build_app(args, router=KeywordRouter(skills_dir)))
-    yield srv
-    _stop(srv)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@torch.inference_mode()
-def reference(server, skill: str, prompt: str, max_tokens: int = 8, chat: bool = True) -> str:
-    """Greedy text of ``skill`` on ``prompt`` straight from the PEFT model (one row, no server)."""
-    backend = server.app.state.backend
-    model, tok = backend.model, backend.tokenizer
-    text = tok.apply_chat_template(user(prompt), tokenize=False, add_generation_prompt=True)
-    ids = tok(text if chat else prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    model.set_adapter(skill)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=max_tokens,
-        pad_token_id=tok.pad_token_id,
-    )[0, ids.shape[1] :].tolist()
-    if tok.eos_token_id in out:
-        out = out[: out.index(tok.eos_token_id)]
-    return tok.decode(out, skip_special_tokens=True)
-
-
-def chat(client, model: str, prompt: str, max_tokens: int = 8, **kw):
-    raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=user(prompt), temperature=0, max_tokens=max_tokens, **kw
-    )
-    return raw.headers[SKILL_HEADER], raw.parse()
-
+from .serve_support import (  # noqa: E402, F401 (fixtures are found by name)
+    POEM,
+    SKILLS,
+    STORY,
+    VIRUS,
+    KeywordRouter,
+    _error,
+    _start,
+    _stop,
+    chat,
+    chat_ids,
+    client,
+    post,
+    reference,
+    server,
+    skills_dir,
+    streamed_text,
+    user,
+)
 
 # --- routing and pinning ---------------------------------------------------------------------------
 
@@ -359,13 +228,6 @@ def test_seed_makes_sampling_reproducible(client):
 # --- errors ----------------------------------------------------------------------------------------
 
 
-def _error(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["message"]
-    return err
-
-
 @pytest.mark.parametrize(
     ("body", "param", "fragment"),
     [
@@ -469,119 +331,3 @@ def test_cli_help_and_defaults(capsys, skills_dir):
         ServeArguments(skills_dir="x", backend="tgi")
 
 
-def test_vllm_command_serves_every_skill_as_lora(skills_dir):
-    skills = {s: str(skills_dir / s) for s in SKILLS}
-    cmd = vllm_command(
-        "/env/bin/python", "/base", skills, 8123, max_model_len=256, extra_args="--enforce-eager"
-    )
-    assert cmd[:3] == ["/env/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
-    assert "--enable-lora" in cmd and cmd[cmd.index("--max-lora-rank") + 1] == "8"
-    i = cmd.index("--lora-modules")
-    assert cmd[i + 1 : i + 4] == [f"{s}={skills[s]}" for s in SKILLS] and cmd[-1] == "--enforce-eager"
-    with pytest.raises(ValueError, match="exactly one"):
-        VLLMBackend(skills, 256)
-
-
-def _fake_vllm(seen: list[dict]):
-    """A stand-in for vLLM's OpenAI server: /health, /v1/models, streamed /v1/completions (token ids in)."""
-    fake = FastAPI()
-    fake.get("/health")(lambda: {})
-    fake.get("/v1/models")(lambda: {"data": [{"id": "/base"}, *({"id": s} for s in SKILLS)]})
-
-    @fake.post("/v1/completions")
-    async def completions(request: Request):
-        body = await request.json()
-        seen.append(body)
-        if body["max_tokens"] > 100:
-            return JSONResponse(
-                {"error": {"message": "max_tokens too large", "type": "BadRequestError"}}, 400
-            )
-
-        def events():
-            for piece in (f"{body['model']} ", f"saw {len(body['prompt'])}"):
-                yield f"data: {json.dumps({'choices': [{'text': piece, 'finish_reason': None}]})}\n\n"
-            yield f"data: {json.dumps({'choices': [{'text': '', 'finish_reason': 'length'}]})}\n\n"
-            yield f"data: {json.dumps({'choices': [], 'usage': {'completion_tokens': 2}})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return fake
-
-
-def test_vllm_backend_forwards_token_ids_to_the_chosen_lora(skills_dir):
-    from transformers import AutoTokenizer
-
-    seen: list[dict] = []
-    upstream = _start(_fake_vllm(seen))
-    args = ServeArguments(skills_dir=str(skills_dir), backend="vllm", vllm_url=upstream.url)
-    srv = _start(build_app(args, router=KeywordRouter(skills_dir)))
-    try:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
-        header, completion = chat(client, "safecrowd", POEM, stop="\n", seed=3)
-        ids = chat_ids(AutoTokenizer.from_pretrained(skills_dir.parent / "base"), POEM)
-        assert header == "skill_2" and seen[-1]["model"] == "skill_2" and seen[-1]["prompt"] == ids
-        assert seen[-1]["stop"] == ["\n"] and seen[-1]["seed"] == 3 and seen[-1]["temperature"] == 0
-        assert completion.choices[0].message.content == f"skill_2 saw {len(ids)}"
-        assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 2
-        assert streamed_text(client, "skill_1", POEM, max_tokens=8) == f"skill_1 saw {len(ids)}"
-        r = post(srv, "/v1/completions", {"model": "skill_0", "prompt": "x", "max_tokens": 200})
-        assert "vLLM rejected the request: max_tokens too large" in _error(r, 400)["message"]
-        _stop(upstream)
-        r = post(srv, "/v1/completions", {"model": "skill_0", "prompt": "x"})
-        assert _error(r, 502)["type"] == "server_error"
-    finally:
-        _stop(srv)
-        upstream.server.should_exit = True
-
-
-# --- the vLLM backend (slow: needs an interpreter with vLLM) --------------------------------------
-
-
-def _vllm_python() -> str | None:
-    """VLLM_PYTHON, else .venv-vllm (scripts/setup_vllm_cpu.sh), else this interpreter: the first with vLLM."""
-    venv = Path(__file__).parents[2] / ".venv-vllm/bin/python"
-    for python in filter(None, [os.environ.get("VLLM_PYTHON"), str(venv), sys.executable]):
-        probe = [python, "-c", "import vllm.entrypoints.openai.api_server"]
-        if Path(python).exists() and subprocess.run(probe, capture_output=True, timeout=300).returncode == 0:
-            return python
-    return None
-
-
-@pytest.mark.slow
-def test_vllm_backend_routes_and_pins(skills_dir, server):
-    python = _vllm_python()
-    if python is None:
-        pytest.skip("no interpreter with vLLM (run scripts/setup_vllm_cpu.sh or set VLLM_PYTHON)")
-    args = ServeArguments(
-        skills_dir=str(skills_dir),
-        backend="vllm",
-        vllm_python=python,
-        dtype="float32",
-        default_max_tokens=8,
-        vllm_args="--enforce-eager --max-num-seqs 4",
-        vllm_startup_timeout=600,
-    )
-    srv = _start(build_app(args, router=KeywordRouter(skills_dir)), timeout=660)
-    try:
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=300)
-        texts = {}
-        for skill in SKILLS:
-            header, completion = chat(client, skill, POEM)
-            assert header == skill == completion.skill
-            texts[skill] = completion.choices[0].message.content
-        assert len(set(texts.values())) == 3, texts
-        # the same adapters as the embedded backend (float32 both, greedy). The random model emits bytes
-        # that are not UTF-8: transformers decodes them to U+FFFD, vLLM holds them back and drops them
-        assert {s: t.replace("\ufffd", "") for s, t in texts.items()} == {
-            s: reference(server, s, POEM).replace("\ufffd", "") for s in SKILLS
-        }
-        header, completion = chat(client, "safecrowd", POEM)
-        assert header == "skill_2" and completion.choices[0].message.content == texts["skill_2"]
-        assert streamed_text(client, "safecrowd", POEM, temperature=0, max_tokens=8) == texts["skill_2"]
-        err = _error(post(srv, "/v1/completions", {"model": "skill_7", "prompt": "x"}), 404)
-        assert err["code"] == "model_not_found"
-    finally:
-        _stop(srv)
-    assert srv.app.state.backend.process is None
