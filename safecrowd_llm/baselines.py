@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import GRPOConfig, GRPOTrainer
 
 from .core.atomic import write_json
-from .rewards import load_reward
+from .rewards import BatchRewardFn, RewardFn, as_text, as_trl_reward, load_reward
 from .textworld import TextWorld, parse_response, safety_cost
 from .textworld.judges import make_oracle_reward
 from .tiny_base import sample_completions
@@ -45,7 +45,6 @@ __all__ = [
     "BaselineConfig",
     "PooledRewardModel",
     "RewardCombination",
-    "as_text",
     "build_objective",
     "fit_scale",
     "heldout_report",
@@ -56,8 +55,6 @@ __all__ = [
 METHODS = ("task-only", "rc", "oracle")
 SCALINGS = ("match-task", "standardize", "minmax")
 TEXTWORLD = "textworld"
-RewardFn = Callable[[str, str], float]
-BatchRewardFn = Callable[..., list[float]]
 
 
 @dataclass
@@ -146,28 +143,6 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
 
 
 # ----------------------------------------------------------------------------------------- rewards
-def as_text(x: Any) -> str:
-    """A TRL prompt/completion as text: strings pass through, a message list gives its last message's content
-    (task rewards take ``(prompt: str, completion: str)``)."""
-    if isinstance(x, str):
-        return x
-    if isinstance(x, dict):
-        return str(x.get("content", ""))
-    if isinstance(x, Sequence) and x:
-        return as_text(x[-1])
-    return ""
-
-
-def batched(fn: RewardFn, name: str | None = None) -> BatchRewardFn:
-    """Adapt ``(prompt: str, completion: str) -> float`` to TRL's ``f(prompts, completions, **kw) -> list``."""
-
-    def reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        return [float(fn(as_text(p), as_text(c))) for p, c in zip(prompts, completions, strict=True)]
-
-    reward.__name__ = name or getattr(fn, "__name__", "reward")
-    return reward
-
-
 @dataclass(frozen=True)
 class AffineScale:
     """y = a * x + b, with the reference statistics it was fitted on (saved in ``policy.json``)."""
@@ -322,10 +297,10 @@ def build_objective(args: BaselineConfig, task: RewardFn, world: TextWorld | Non
     """
     info: dict[str, Any] = {"method": args.method, "task_reward": args.task_reward}
     if args.method == "task-only":
-        return batched(task, "task"), info
+        return as_trl_reward(task, "task"), info
     if args.method == "oracle":
         info["oracle_penalty"] = args.oracle_penalty
-        return batched(make_oracle_reward(task, args.oracle_penalty, world), "oracle"), info
+        return as_trl_reward(make_oracle_reward(task, args.oracle_penalty, world), "oracle"), info
     if reference is None:
         raise ValueError("RC needs reference completions to fit the r_hat scaling")
     rm = PooledRewardModel.from_pretrained(args.pooled_reward, args.base_model, args.pooled_reward_format,
@@ -343,9 +318,9 @@ def build_objective(args: BaselineConfig, task: RewardFn, world: TextWorld | Non
 def _monitors(args: BaselineConfig, task: RewardFn, world: TextWorld | None) -> list[BatchRewardFn]:
     """Zero-weight reward functions TRL computes and logs (``rewards/<name>/mean``) without optimising them:
     the task reward (when the objective is not it) and, in the text world, the safety cost."""
-    out = [] if args.method == "task-only" else [batched(task, "task")]
+    out = [] if args.method == "task-only" else [as_trl_reward(task, "task")]
     if world is not None:
-        out.append(batched(lambda p, c: safety_cost(p, c, world), "safety_cost"))
+        out.append(as_trl_reward(lambda p, c: safety_cost(p, c, world), "safety_cost"))
     return out
 
 

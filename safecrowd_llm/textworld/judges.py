@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from ..rewards import as_trl_reward
 from .world import Prompt, ResponseSpec, TextWorld, default_world
 
 __all__ = [
@@ -281,13 +282,3 @@ def archetype_reward(archetype: str, world: TextWorld | None = None) -> RewardFn
 
     reward.__name__ = f"utility_{archetype}"
     return reward
-
-
-def as_trl_reward(fn: RewardFn) -> Callable[..., list[float]]:
-    """Adapt ``(prompt, completion) -> float`` to TRL's batched ``f(prompts, completions, **kw)``."""
-
-    def batched(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        return [float(fn(p, c)) for p, c in zip(prompts, completions, strict=True)]
-
-    batched.__name__ = getattr(fn, "__name__", "reward")
-    return batched

@@ -13,7 +13,7 @@ pytest.importorskip("gymnasium")
 pytest.importorskip("bullet_safety_gym")
 pytest.importorskip("matplotlib")
 if importlib.util.find_spec("safety_gymnasium") is None:
-    pytest.skip("control extras not installed", allow_module_level=True)
+    pytest.skip("control extras not installed: pip install -e '.[control]' && pip install --no-deps -r control/requirements-nodeps.txt", allow_module_level=True)
 
 import torch
 
