@@ -29,7 +29,7 @@ from safecrowd_llm.serve.app import SKILL_HEADER  # noqa: E402
 from safecrowd_llm.serve.backends import EmbeddedBackend, GenerationParams, stop_text  # noqa: E402
 from safecrowd_llm.serve.routing import PriorRouter, SkillPicker, check_router  # noqa: E402
 
-from .serve_support import (  # noqa: E402, F401 (fixtures are found by name)
+from .serve_support import (  # noqa: E402, F401 (client, server, skills_dir: fixtures found by name)
     POEM,
     SKILLS,
     STORY,

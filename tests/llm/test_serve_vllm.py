@@ -23,11 +23,9 @@ from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from safecrowd_llm.serve import ServeArguments, build_app  # noqa: E402
 from safecrowd_llm.serve.vllm_backend import VLLMBackend, vllm_command  # noqa: E402
 
-from .serve_support import (  # noqa: E402, F401 (fixtures are found by name)
+from .serve_support import (  # noqa: E402, F401 (client, server, skills_dir: fixtures found by name)
     POEM,
     SKILLS,
-    STORY,
-    VIRUS,
     KeywordRouter,
     _error,
     _start,
@@ -40,7 +38,6 @@ from .serve_support import (  # noqa: E402, F401 (fixtures are found by name)
     server,
     skills_dir,
     streamed_text,
-    user,
 )
 
 
