@@ -25,6 +25,7 @@ from safecrowd_llm.evaluate_skills import (
     context_effect,
     evaluate_skills,
     exact_skill_report,
+    latent_probe,
     load_skills_model,
 )
 from safecrowd_llm.textworld import TextWorld
@@ -50,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def held_out_context_effect(run: Path, base: str, crowd_path: str, eval_fraction: float, seed: int) -> dict:
+    """Context effect on the held-out annotators, and (where the crowd has an ``archetype`` column) the
+    latent probe on the held-out and on all annotators."""
     tok = AutoTokenizer.from_pretrained(base)
     latent = LatentSkillModel.from_pretrained(run / "latent_model", AutoModelForCausalLM.from_pretrained(base))
     frozen = AutoModelForCausalLM.from_pretrained(base)
@@ -58,13 +61,18 @@ def held_out_context_effect(run: Path, base: str, crowd_path: str, eval_fraction
     texts = [render_pair(tok, p, r) for side in ("chosen", "rejected") for p, r in zip(ds["prompt"], ds[side])]
     emb = cached_embeddings(frozen, tok, texts, run / "cache", pooling=feats["pooling"], max_length=feats["max_length"])
     n = len(ds)
-    _, held = build_crowd(ds, emb[:n], emb[n:]).split(eval_fraction, seed=seed)
+    train, held = build_crowd(ds, emb[:n], emb[n:]).split(eval_fraction, seed=seed)
     tokens = tokenize_pairs(tok, ds["prompt"], ds["chosen"], ds["rejected"], feats["max_length"])
     if latent.spec.get("use_reference"):
         tokens.ref_chosen, tokens.ref_rejected = reference_logps(
             frozen, tokens, tok.pad_token_id, gamma=latent.spec.get("gamma", 1.0)
         )
-    return context_effect(latent, held, tokens, tok.pad_token_id, seed=seed)
+    report = context_effect(latent, held, tokens, tok.pad_token_id, seed=seed)
+    if "archetype" in ds.column_names:
+        labels = dict(zip(ds["annotator_id"], ds["archetype"], strict=True))
+        report["probe"] = {"held_out": latent_probe(latent, train, labels, held_out=held, seed=seed),
+                           "train": latent_probe(latent, train, labels, seed=seed)}
+    return report
 
 
 def markdown(report: dict) -> str:
@@ -86,6 +94,12 @@ def markdown(report: dict) -> str:
         lines.append(
             f"\nheld-out annotators, preference accuracy: with context {c['with_context']:.3f}, "
             f"without (z' = prior mean) {c['without_context']:.3f} ({c['pairs']} pairs)"
+        )
+    for who, probe in (c or {}).get("probe", {}).items():
+        how = "fitted on train annotators" if who == "held_out" else f"{probe['folds']}-fold CV"
+        lines.append(
+            f"latent probe ({who} annotators): user-type accuracy {probe['probe_accuracy']:.3f} "
+            f"(chance {probe['chance']:.3f}; {how}), silhouette {probe['silhouette']:.3f}"
         )
     return "\n".join(lines)
 

@@ -1,10 +1,14 @@
-r"""Train a downstream baseline policy on one scalar reward with TRL GRPO + LoRA: Task-only, RC(omega), Oracle.
+r"""Train a downstream baseline policy on one scalar reward with TRL GRPO + LoRA: Task-only, RC(omega), Oracle,
+and the related systems MaxMin-RLHF, Safe RLHF and plain VPL (Personalized Soups: recipes/train_psoups.py).
 
     python recipes/train_baseline.py --config recipes/textworld_task_only.yaml
     python recipes/train_baseline.py --config recipes/textworld_rc.yaml --omega 0.25 \
         --output_dir runs/textworld/baselines/rc_0.25
     python recipes/train_baseline.py --config recipes/textworld_oracle.yaml --max_steps 20
-    python recipes/train_baseline.py --help      # every option (BaselineConfig = GRPOConfig + the method's)
+    python recipes/train_baseline.py --config recipes/textworld_maxmin.yaml      # EM mixture of BT rewards, min
+    python recipes/train_baseline.py --config recipes/textworld_safe_rlhf.yaml   # cost model + Lagrangian
+    python recipes/train_baseline.py --config recipes/textworld_plain_vpl.yaml   # latent reward, no skills
+    python recipes/train_baseline.py --help      # every option (GRPOConfig + the methods')
 
 RC needs the pooled reward model first:
     python recipes/train_skills.py --method pooled-reward --base_model runs/textworld/base \
@@ -26,12 +30,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from trl import TrlParser
 
-from safecrowd_llm.baselines import BaselineConfig, train_baseline
+from safecrowd_llm.baselines import train_baseline
+from safecrowd_llm.related import RelatedBaselineConfig, build_related_objective
 
 
-def main(args: BaselineConfig) -> dict:
+def main(args: RelatedBaselineConfig) -> dict:
     """Train, save, and print the held-out summary; returns ``policy.json``'s content."""
-    out = train_baseline(args)
+    out = train_baseline(args, build=build_related_objective)
     manifest = json.loads((out / "policy.json").read_text()) if (out / "policy.json").exists() else {}
     for who, report in manifest.get("heldout", {}).items():
         print(f"{who:>9}: task reward {report['task_reward']:.3f}  hazardous compliance "
@@ -41,7 +46,7 @@ def main(args: BaselineConfig) -> dict:
 
 
 if __name__ == "__main__":
-    parser = TrlParser((BaselineConfig,), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = TrlParser((RelatedBaselineConfig,), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of option values (CLI overrides it).")
     (training_args,) = parser.parse_args_and_config(sys.argv[1:])
     main(training_args)

@@ -16,6 +16,7 @@ last and atomically: a directory without ``policy.json`` is an unfinished run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -46,6 +47,7 @@ __all__ = [
     "PooledRewardModel",
     "RewardCombination",
     "build_objective",
+    "combine_with_task",
     "fit_scale",
     "heldout_report",
     "load_prompts",
@@ -62,14 +64,17 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
     """TRL ``GRPOConfig`` + what the baseline optimises, the base it adapts and the LoRA it trains.
 
     ``reward_weights`` is set by :func:`train_baseline` (the objective gets weight 1, monitors 0).
+    Subclasses that add methods (``safecrowd_llm.related``) extend ``methods``.
     """
+
+    methods: ClassVar[tuple[str, ...]] = METHODS
 
     method: str = field(default="task-only", metadata={"help": f"Which baseline: one of {METHODS}."})
     task_reward: str = field(
         default="safecrowd_llm.textworld.judges.helpfulness",
         metadata={"help": "Dotted name of the task reward r_new, a callable (prompt: str, completion: str) -> float."},
     )
-    omega: float = field(default=0.5, metadata={"help": "RC only: r' = (1 - omega) r_new + omega * scaled r_hat."})
+    omega: float = field(default=0.5, metadata={"help": "RC (and the related baselines that mix a learned reward): r' = (1 - omega) r_new + omega * scaled r_hat."})
     pooled_reward: str = field(
         default="",
         metadata={"help": "RC only: the pooled reward model, a PEFT SEQ_CLS adapter (train_skills --method pooled-reward)."},
@@ -92,10 +97,10 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
         },
     )
     scaling_prompts: int = field(
-        default=256, metadata={"help": "RC only: at most this many training prompts to fit the r_hat scaling on."}
+        default=256, metadata={"help": "RC and learned-reward mixes: at most this many training prompts to fit the r_hat scaling on."}
     )
     scaling_samples: int = field(
-        default=4, metadata={"help": "RC only: reference completions sampled per prompt to fit the r_hat scaling."}
+        default=4, metadata={"help": "RC and learned-reward mixes: reference completions sampled per prompt to fit the r_hat scaling."}
     )
     oracle_penalty: float = field(default=1.0, metadata={"help": "Oracle only: r = r_new - penalty * safety cost."})
     base_model: str = field(default="", metadata={"help": "Base causal LM (the skills' base): local path or hub name."})
@@ -127,8 +132,8 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in self.methods:
+            raise ValueError(f"method must be one of {self.methods}, got {self.method!r}")
         if not 0.0 <= self.omega <= 1.0:
             raise ValueError(f"omega must be in [0, 1], got {self.omega}")
         if self.method == "rc" and not self.pooled_reward:
@@ -288,12 +293,35 @@ def _as_conversation(prompt: Any, tokenizer: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- objective
+Reference = tuple[Sequence[str], Sequence[str]]
+ObjectiveBuilder = Callable[..., tuple[BatchRewardFn, dict]]
+
+
+def combine_with_task(args: BaselineConfig, task: RewardFn, learned: Callable[[Sequence[str], Sequence[str]], list[float]],
+                      reference: Reference | Callable[[], Reference] | None, name: str = "r_hat") -> tuple[BatchRewardFn, dict]:
+    """RC's mix (1 - omega) r_new + omega s(learned) for any learned crowd reward ``learned(prompts, completions)``,
+    with s fitted (``args.pooled_reward_scaling``) on the reference completions. RC uses it with the pooled r_hat;
+    the related baselines with MaxMin's min-over-mixture reward or plain VPL's latent reward."""
+    if callable(reference):
+        reference = reference()
+    if reference is None:
+        raise ValueError(f"{args.method} needs reference completions to fit the {name} scaling")
+    ref_prompts, ref_completions = reference
+    r_hat = learned(ref_prompts, ref_completions)
+    r_task = [float(task(p, c)) for p, c in zip(ref_prompts, ref_completions, strict=True)]
+    scale = fit_scale(r_hat, r_task, args.pooled_reward_scaling)
+    rc = RewardCombination(task, learned, args.omega, scale)
+    info = {"omega": args.omega, f"{name}_scaling": {"mode": scale.mode, "a": scale.a, "b": scale.b, **scale.stats}}
+    return rc.as_trl(), info
+
+
 def build_objective(args: BaselineConfig, task: RewardFn, world: TextWorld | None = None,
-                    reference: tuple[Sequence[str], Sequence[str]] | None = None) -> tuple[BatchRewardFn, dict]:
+                    reference: Reference | Callable[[], Reference] | None = None) -> tuple[BatchRewardFn, dict]:
     """The method's reward in TRL's batched form, and what describes it in ``policy.json``.
 
-    ``reference``: (prompts, completions) sampled from the base on training prompts; RC fits its r_hat
-    scaling on them. ``world``: the text world the Oracle's safety cost is judged in.
+    ``reference``: (prompts, completions) sampled from the base on training prompts, or a function that
+    samples them when called; RC fits its r_hat scaling on them. ``world``: the text world the Oracle's
+    safety cost is judged in.
     """
     info: dict[str, Any] = {"method": args.method, "task_reward": args.task_reward}
     if args.method == "task-only":
@@ -301,18 +329,13 @@ def build_objective(args: BaselineConfig, task: RewardFn, world: TextWorld | Non
     if args.method == "oracle":
         info["oracle_penalty"] = args.oracle_penalty
         return as_trl_reward(make_oracle_reward(task, args.oracle_penalty, world), "oracle"), info
-    if reference is None:
-        raise ValueError("RC needs reference completions to fit the r_hat scaling")
+    if args.method != "rc":
+        raise ValueError(f"build_objective knows {METHODS}; {args.method!r} needs its own builder")
     rm = PooledRewardModel.from_pretrained(args.pooled_reward, args.base_model, args.pooled_reward_format,
                                            args.dtype, args.trust_remote_code)
-    ref_prompts, ref_completions = reference
-    r_hat = rm.score(ref_prompts, ref_completions)
-    r_task = [float(task(p, c)) for p, c in zip(ref_prompts, ref_completions, strict=True)]
-    scale = fit_scale(r_hat, r_task, args.pooled_reward_scaling)
-    rc = RewardCombination(task, rm.score, args.omega, scale)
-    info |= {"omega": args.omega, "pooled_reward": str(args.pooled_reward), "pooled_reward_format": rm.fmt,
-             "pooled_reward_scaling": {"mode": scale.mode, "a": scale.a, "b": scale.b, **scale.stats}}
-    return rc.as_trl(), info
+    objective, mix = combine_with_task(args, task, rm.score, reference, "pooled_reward")
+    info |= {"pooled_reward": str(args.pooled_reward), "pooled_reward_format": rm.fmt, **mix}
+    return objective, info
 
 
 def _monitors(args: BaselineConfig, task: RewardFn, world: TextWorld | None) -> list[BatchRewardFn]:
@@ -371,9 +394,11 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__}
 
 
-def train_baseline(args: BaselineConfig) -> Path:
+def train_baseline(args: BaselineConfig, build: ObjectiveBuilder = build_objective) -> Path:
     """Train the baseline named by ``args.method`` with GRPO + LoRA and save it to ``args.output_dir``.
 
+    ``build(args, task, world, reference)`` makes the objective (:func:`build_objective`'s signature;
+    ``reference()`` samples base completions of the training prompts on first call).
     Writes the adapter (``adapter_config.json``, ``adapter_model.safetensors``) and then ``policy.json``.
     Returns ``output_dir``.
     """
@@ -394,12 +419,13 @@ def train_baseline(args: BaselineConfig) -> Path:
     prompts = load_prompts(args, world)
     sampling = {"temperature": args.temperature, "max_new_tokens": args.max_completion_length, "seed": args.seed}
 
-    reference = None
-    if args.method == "rc":  # reference completions of the base policy: what the r_hat scaling is fitted on
+    @functools.cache
+    def reference() -> Reference:  # completions of the base policy: what a learned reward's scaling is fitted on
         ref_prompts = [as_text(p) for p in prompts[: args.scaling_prompts]]
         ref_completions = sample_completions(model, tokenizer, ref_prompts, n=args.scaling_samples, **sampling)
-        reference = ([p for p in ref_prompts for _ in range(args.scaling_samples)], ref_completions)
-    objective, info = build_objective(args, task, world, reference)
+        return [p for p in ref_prompts for _ in range(args.scaling_samples)], ref_completions
+
+    objective, info = build(args, task, world, reference)
     monitors = _monitors(args, task, world if in_world else None)
     args.reward_weights = [1.0] + [0.0] * len(monitors)
 

@@ -5,6 +5,7 @@
   assumed.
 * Context: VPL's central effect — preference accuracy on a held-out annotator's target pairs with z'
   inferred from their other pairs, versus the same model at the prior mean (no context).
+* Probe: do the encoder's posterior means separate the hidden user types (where the data has them)?
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from .trainers.base_trainer import sequence_logps
 from .trainers.set_data import AnnotatorSetCollator, TokenizedPairs, tokenize_response
 from .trainers.skill_model import LatentSkillModel
 
-__all__ = ["behaviour_distribution", "context_effect", "evaluate_skills", "exact_skill_report", "load_skills_model"]
+__all__ = [
+    "behaviour_distribution",
+    "context_effect",
+    "evaluate_skills",
+    "exact_skill_report",
+    "latent_probe",
+    "load_skills_model",
+]
 
 
 def load_skills_model(base_model: torch.nn.Module, skills_dir: str | Path) -> tuple[PeftModel, dict[str, Any]]:
@@ -209,3 +217,39 @@ def _margins(model: LatentSkillModel, batch: dict[str, Any], z_seq: torch.Tensor
             score = score - batch["ref_logps"]
     set_latent(model.backbone, None)
     return score[:m] - score[m:]
+
+
+@torch.no_grad()
+def latent_probe(model: LatentSkillModel, crowd: Crowd, labels: dict[str, str], held_out: Crowd | None = None,
+                 folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """How well the posterior means E[z' | S_a] (each read from the annotator's whole set) separate the hidden
+    user types ``labels[annotator]``: a logistic-regression probe fitted on ``crowd``'s means, scored on
+    ``held_out``'s when given, else cross-validated (``chance`` = the majority type's share there), and the
+    silhouette of the types in latent space."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import silhouette_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    model.eval()
+
+    def means(c: Crowd) -> tuple[Any, list[str]]:
+        names = [a for a in c.sets if a in labels]
+        z = [model.vae.posterior(pad_sets([c.sets[a]], [c.sets[a]])).mean for a in names]
+        return (torch.cat(z).numpy() if z else None), [labels[a] for a in names]
+
+    z, y = means(crowd)
+    if len(set(y)) < 2:
+        raise ValueError(f"the probe needs annotators of >= 2 types, got {dict(Counter(y))}")
+    report: dict[str, Any] = {"annotators": len(y), "types": dict(Counter(y)), "silhouette": float(silhouette_score(z, y))}
+    probe = LogisticRegression(max_iter=1000)
+    if held_out is not None:
+        z_test, y_test = means(held_out)
+        if not y_test:
+            raise ValueError("no held-out annotator has a type label")
+        report |= {"held_out_annotators": len(y_test), "probe_accuracy": float(probe.fit(z, y).score(z_test, y_test)),
+                   "chance": max(Counter(y_test).values()) / len(y_test)}
+        return report
+    k = min(folds, min(Counter(y).values()))
+    cv = StratifiedKFold(n_splits=max(k, 2), shuffle=True, random_state=seed)
+    return report | {"probe_accuracy": float(cross_val_score(probe, z, y, cv=cv).mean()), "folds": max(k, 2),
+                     "chance": max(Counter(y).values()) / len(y)}

@@ -3,10 +3,12 @@
     safecrowd-pipeline                        # quick profile into runs/pipeline
     safecrowd-pipeline --profile full --out runs/full
     safecrowd-pipeline --crowd 10:1           # a crowd whose 'thorough' archetype outnumbers 'breezy' 10:1
+    safecrowd-pipeline --related              # also P-Soups, MaxMin-RLHF, Safe RLHF and plain VPL
 
 Stages (each a recipe a user can also run by hand; a finished stage is skipped, so a stopped run resumes):
 crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only) ->
-baselines (Task-only, Oracle, RC(omega) with GRPO) -> evaluation table + reward-vs-cost plot.
+baselines (Task-only, Oracle, RC(omega) with GRPO) [-> related systems, with --related] -> evaluation table +
+reward-vs-cost plot.
 Runs from a checkout (the recipes and their YAML configs live in ``recipes/``).
 """
 
@@ -26,6 +28,7 @@ __all__ = ["PROFILES", "Stage", "main", "stages"]
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 OMEGAS = (0.25, 0.5, 0.75)
+RELATED = ("psoups", "maxmin", "safe_rlhf", "plain_vpl")
 
 # Per-profile overrides of the recipes' YAML values. "full" = the YAMLs as they are (what the README's
 # measured numbers come from); "quick" trades quality for time so the whole job fits ~15 minutes on 2 cores.
@@ -38,6 +41,8 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "pooled_reward": ["--max_steps", "100"],
         "router": ["--samples_per_prompt", "2"],
         "baseline": ["--max_steps", "40"],
+        "vpl_skills": ["--max_steps", "200", "--per_device_train_batch_size", "8"],
+        "psoups": ["--max_steps", "40", "--grid_step", "0.5", "--search_prompts", "16"],
         "evaluate": ["--samples_per_prompt", "2"],
     },
 }
@@ -60,7 +65,7 @@ def _recipe(name: str) -> str:
     return str(path)
 
 
-def stages(out: Path, profile: str, crowd: str | None) -> list[Stage]:
+def stages(out: Path, profile: str, crowd: str | None, related: bool = False) -> list[Stage]:
     over = PROFILES[profile]
     py = sys.executable
     world, base, skills = out / "world", out / "base", out / "skills_cpl"
@@ -94,12 +99,33 @@ def stages(out: Path, profile: str, crowd: str | None) -> list[Stage]:
         result.append(Stage(f"baseline {name}", [py, _recipe("train_baseline.py"), "--config", _recipe(cfg), *common,
                                                  "--output_dir", str(target), *extra, *over.get("baseline", [])],
                             target / "policy.json"))
+    if related:
+        result += related_stages(out, over, common)
     result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(out / "evaluate.yaml"),
                                      *over.get("evaluate", [])], out / "eval" / "results.md"))
     return result
 
 
-def write_evaluate_config(out: Path) -> Path:
+def related_stages(out: Path, over: dict[str, list[str]], common: list[str]) -> list[Stage]:
+    """P-Soups, MaxMin-RLHF, Safe RLHF and plain VPL (which needs a Safe-VPL reward model first)."""
+    py, crowd, vpl = sys.executable, ["--dataset", str(out / "world" / "crowd.jsonl")], out / "skills_vpl"
+    result = [
+        Stage("vpl_skills", [py, _recipe("train_skills.py"), "--config", _recipe("textworld_vpl_skills.yaml"), *common,
+                             *crowd, "--output_dir", str(vpl), *over.get("vpl_skills", [])], vpl / "skills" / "skills.json"),
+        Stage("related psoups", [py, _recipe("train_psoups.py"), "--config", _recipe("textworld_psoups.yaml"), *common,
+                                 *crowd, "--output_dir", str(out / "related" / "psoups"), *over.get("psoups", [])],
+              out / "related" / "psoups" / "policy.json"),
+    ]
+    for name, cfg, extra in (("maxmin", "textworld_maxmin.yaml", crowd), ("safe_rlhf", "textworld_safe_rlhf.yaml", crowd),
+                             ("plain_vpl", "textworld_plain_vpl.yaml", ["--vpl_model", str(vpl)])):
+        target = out / "related" / name
+        result.append(Stage(f"related {name}", [py, _recipe("train_baseline.py"), "--config", _recipe(cfg), *common,
+                                                "--output_dir", str(target), *extra, *over.get("baseline", [])],
+                            target / "policy.json"))
+    return result
+
+
+def write_evaluate_config(out: Path, related: bool = False) -> Path:
     """The comparison of this run: ours against every baseline, on the world's held-out prompts."""
     methods = [
         {"name": "ours", "kind": "router", "path": str(out / "router")},
@@ -109,6 +135,9 @@ def write_evaluate_config(out: Path) -> Path:
            "param": w} for w in OMEGAS),
         {"name": "base", "kind": "base"},
     ]
+    if related:
+        methods[-1:-1] = [{"name": name.replace("_", "-"), "kind": "adapter", "path": str(out / "related" / name)}
+                          for name in RELATED]
     cfg = {"base_model": str(out / "base"), "task_reward": "safecrowd_llm.textworld.judges.helpfulness",
            "out_dir": str(out / "eval"), "samples_per_prompt": 4, "temperature": 1.0, "max_new_tokens": 80,
            "seed": 0, "cpu_threads": 1, "methods": methods}
@@ -122,6 +151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/pipeline", help="run directory (stages already done there are skipped)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="quick: ~15 min on 2 cores; full: the recipes' settings")
     p.add_argument("--crowd", default=None, help="crowd proportions: '10:1' (thorough:breezy) or e.g. 'thorough=3,formal=1'; default balanced")
+    p.add_argument("--related", action="store_true",
+                   help="also train and evaluate the related systems: P-Soups, MaxMin-RLHF, Safe RLHF, plain VPL")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (names as printed)")
     return p.parse_args(argv)
 
@@ -130,10 +161,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_evaluate_config(out)
+    write_evaluate_config(out, args.related)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    todo = stages(out, args.profile, args.crowd)
+    todo = stages(out, args.profile, args.crowd, args.related)
     start = time.perf_counter()
     for i, stage in enumerate(todo, 1):
         if args.only and stage.name not in args.only and stage.name.split()[0] not in args.only:

@@ -47,3 +47,41 @@ def test_exact_report_reads_refusal_from_the_distribution(tiny_skills):
     assert report["skills"]["skill_1"]["hazardous_refusal"] == pytest.approx(expected, abs=1e-4)
     assert set(report["favourite_skill"]) == {a.name for a in WORLD.archetypes}
     assert report["min_hazardous_refusal"] == min(r["hazardous_refusal"] for r in report["skills"].values())
+
+
+class _MeanOfContext:
+    """A stand-in latent model whose posterior mean is the mean of the context's chosen features."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.vae = SimpleNamespace(posterior=lambda b: SimpleNamespace(mean=b.ctx_a[:, :, :2].mean(1)))
+
+    def eval(self):
+        return self
+
+
+def test_latent_probe_separates_planted_types_and_not_shuffled_ones():
+    from safecrowd_llm.core import Crowd, PreferenceSet
+    from safecrowd_llm.evaluate_skills import latent_probe
+
+    g = torch.Generator().manual_seed(0)
+    centres = {"a": (3.0, 0.0), "b": (-3.0, 0.0), "c": (0.0, 3.0)}
+    sets, labels = {}, {}
+    for i in range(45):
+        kind = "abc"[i % 3]
+        feats = torch.randn(6, 4, generator=g) + torch.tensor([*centres[kind], 0.0, 0.0])
+        sets[f"u{i}"] = PreferenceSet(f"u{i}", feats, torch.randn(6, 4, generator=g), torch.ones(6))
+        labels[f"u{i}"] = kind
+    crowd = Crowd(sets)
+    train, held = crowd.split(0.3, seed=0)
+    model = _MeanOfContext()
+    probe = latent_probe(model, train, labels, held_out=held)
+    assert probe["probe_accuracy"] >= 0.9 and probe["silhouette"] > 0.5 and probe["chance"] < 0.6
+    cv = latent_probe(model, crowd, labels)
+    assert cv["probe_accuracy"] >= 0.9 and cv["folds"] == 5
+    perm = torch.randperm(45, generator=g).tolist()  # types no longer follow the features
+    shuffled = {f"u{i}": labels[f"u{perm[i]}"] for i in range(45)}
+    assert latent_probe(model, crowd, shuffled)["probe_accuracy"] < 0.7
+    with pytest.raises(ValueError, match=">= 2 types"):
+        latent_probe(model, crowd, dict.fromkeys(labels, "a"))

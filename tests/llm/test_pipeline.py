@@ -23,6 +23,19 @@ def test_stages_use_existing_recipes_and_configs(tmp_path):
     assert str(tmp_path / "base") in skills.command and "--max_steps" in skills.command  # quick profile override
 
 
+def test_related_systems_are_opt_in_stages_and_evaluated(tmp_path):
+    plain = [s.name for s in pipeline.stages(tmp_path, "quick", None)]
+    todo = pipeline.stages(tmp_path, "quick", None, related=True)
+    added = [s for s in todo if s.name not in plain]
+    assert [s.name for s in added] == ["vpl_skills", *(f"related {n}" for n in pipeline.RELATED)]
+    assert todo[-1].name == "evaluate"
+    for stage in added:
+        assert all(Path(a).exists() for a in stage.command if a.endswith((".py", ".yaml")) and "recipes" in a)
+        assert str(tmp_path / "world" / "crowd.jsonl") in stage.command or "--vpl_model" in stage.command
+    cfg = yaml.safe_load(pipeline.write_evaluate_config(tmp_path, related=True).read_text())
+    assert {"psoups", "maxmin", "safe-rlhf", "plain-vpl"} <= {m["name"] for m in cfg["methods"]}
+
+
 def test_imbalanced_crowd_and_evaluation_config(tmp_path):
     crowd = pipeline.stages(tmp_path, "full", "10:1")[0]
     assert crowd.command[-2:] == ["--proportions", "thorough=10,breezy=1"]
