@@ -450,7 +450,8 @@ def train_baseline(args: BaselineConfig, build: ObjectiveBuilder = build_objecti
     policy.save_pretrained(str(out), safe_serialization=True)  # adapter only: what a skill directory holds
 
     logs = trainer.state.log_history
-    curve = [{k: v for k, v in h.items() if k == "step" or k.startswith(("reward", "rc/"))} for h in logs if "reward" in h]
+    keep = ("reward", "rc/", "safe_rlhf/")  # rewards and what a mixed or constrained objective logs
+    curve = [{k: v for k, v in h.items() if k == "step" or k.startswith(keep)} for h in logs if "reward" in h]
     training = args.to_dict()
     manifest = {
         "kind": "baseline-policy",
