@@ -10,7 +10,7 @@ comparison about the *objective* each method optimises, not about reward-model c
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..core.atomic import atomic_path, write_json
 from ..embeddings import cached_embeddings
 from ..rewards import as_text
 
-__all__ = ["FrozenFeatures", "LinearHeads", "fit_bradley_terry", "fit_logistic", "standardiser"]
+__all__ = ["FrozenFeatures", "LinearHeads", "fit_bradley_terry", "fit_linear_head", "fit_logistic", "standardiser"]
 
 
 class FrozenFeatures:
@@ -102,8 +102,10 @@ def standardiser(*features: Tensor) -> tuple[Tensor, Tensor]:
     return x.mean(0), x.std(0).clamp(min=1e-4)
 
 
-def _fit(loss_fn, dim: int, l2: float, steps: int, bias: bool) -> tuple[Tensor, Tensor]:
-    """Minimise a convex loss of one linear head (w, b) with L-BFGS; returns the head."""
+def fit_linear_head(loss_fn: Callable[[Tensor, Tensor], Tensor], dim: int, l2: float, steps: int,
+                    bias: bool) -> tuple[Tensor, Tensor]:
+    """Minimise ``loss_fn(w, b) + l2 |w|^2`` over one linear head (w: (dim,), b: scalar, fixed at 0 unless
+    ``bias``) with L-BFGS from zero; returns (w, b). The losses here are convex, so this is their optimum."""
     w = torch.zeros(dim, requires_grad=True)
     b = torch.zeros((), requires_grad=bias)
     opt = torch.optim.LBFGS([w, b] if bias else [w], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -125,12 +127,12 @@ def fit_bradley_terry(chosen: Tensor, rejected: Tensor, sample_weight: Tensor | 
     diff = (chosen - rejected).float()
     s = torch.ones(len(diff)) if sample_weight is None else sample_weight.float()
     total = s.sum().clamp(min=1e-8)
-    w, _ = _fit(lambda w, b: -(s * F.logsigmoid(diff @ w)).sum() / total, diff.shape[1], l2, steps, bias=False)
+    w, _ = fit_linear_head(lambda w, b: -(s * F.logsigmoid(diff @ w)).sum() / total, diff.shape[1], l2, steps, bias=False)
     return w
 
 
 def fit_logistic(features: Tensor, labels: Tensor, l2: float = 1e-3, steps: int = 100) -> tuple[Tensor, Tensor]:
     """Logistic regression p(label = 1 | x) = sigmoid(w.x + b) on the given (standardised) features. Returns (w, b)."""
     y = labels.float()
-    return _fit(lambda w, b: F.binary_cross_entropy_with_logits(features.float() @ w + b, y), features.shape[1],
+    return fit_linear_head(lambda w, b: F.binary_cross_entropy_with_logits(features.float() @ w + b, y), features.shape[1],
                 l2, steps, bias=True)

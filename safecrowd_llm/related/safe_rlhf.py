@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..rewards import BatchRewardFn, RewardFn, as_text
-from .features import FrozenFeatures, LinearHeads, _fit, standardiser
+from .features import FrozenFeatures, LinearHeads, fit_linear_head, standardiser
 
 __all__ = ["CostModel", "LagrangeMultiplier", "LagrangianReward", "fit_cost_model", "safe_rlhf_objective"]
 
@@ -57,7 +57,7 @@ def fit_cost_model(chosen: Tensor, rejected: Tensor, chosen_unsafe: Tensor, reje
         out = F.binary_cross_entropy_with_logits(x @ w + b, y)
         return out - F.logsigmoid(diff @ w).mean() if len(diff) else out
 
-    w, b = _fit(loss, x.shape[1], l2, steps, bias=True)
+    w, b = fit_linear_head(loss, x.shape[1], l2, steps, bias=True)
     with torch.no_grad():
         label_acc = float(((x @ w + b > 0).float() == y).float().mean())
         pair_acc = float((diff @ w > 0).float().mean()) if len(diff) else None
