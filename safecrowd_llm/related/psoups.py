@@ -14,6 +14,7 @@ on cluster quality), or ``skills`` — the annotators each exported skill covers
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import math
@@ -126,8 +127,12 @@ def _lora(args: PSoupsConfig) -> LoraConfig:
 
 
 def _train_cluster(args: PSoupsConfig, ds: Any, tokenizer: Any, out: Path) -> None:
-    """One cluster's DPO LoRA, saved as a plain PEFT adapter in ``out`` (skipped when already there)."""
-    if (out / "adapter_model.safetensors").exists():
+    """One cluster's DPO LoRA, saved as a plain PEFT adapter in ``out``; skipped when ``out`` already holds one
+    trained with the same settings on the same rows (``cluster.json``, written last)."""
+    settings = {k: v for k, v in args.to_dict().items() if k not in ("output_dir", "logging_dir")}
+    stamp = {"config_hash": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16],
+             "rows": len(ds), "data_fingerprint": getattr(ds, "_fingerprint", None)}
+    if (out / "cluster.json").exists() and json.loads((out / "cluster.json").read_text()) == stamp:
         return
     model = AutoModelForCausalLM.from_pretrained(args.base_model, dtype=getattr(torch, args.dtype),
                                                  trust_remote_code=args.trust_remote_code)
@@ -137,6 +142,7 @@ def _train_cluster(args: PSoupsConfig, ds: Any, tokenizer: Any, out: Path) -> No
                          peft_config=_lora(args))
     trainer.train()
     trainer.model.save_pretrained(str(out), safe_serialization=True)
+    write_json(stamp, out / "cluster.json")
 
 
 def train_psoups(args: PSoupsConfig) -> Path:
