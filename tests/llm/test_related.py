@@ -156,3 +156,22 @@ def test_related_config_errors_name_what_is_missing():
         RelatedBaselineConfig(output_dir="unused", method="maxmin", use_cpu=True)
     with pytest.raises(ValueError, match="method must be one of"):
         RelatedBaselineConfig(output_dir="unused", method="soups", use_cpu=True)
+
+
+def test_a_cluster_policy_is_reused_only_with_the_same_settings(base_and_crowd, tmp_path):
+    from transformers import AutoTokenizer
+
+    from safecrowd_llm.related.psoups import _train_cluster
+
+    tok = AutoTokenizer.from_pretrained(base_and_crowd / "base")
+    ds = load_preferences(str(base_and_crowd / "crowd.jsonl")).select_columns(["prompt", "chosen", "rejected"])
+    common = {"output_dir": str(tmp_path), "base_model": str(base_and_crowd / "base"), "dataset": "crowd.jsonl",
+              "max_steps": 1, "per_device_train_batch_size": 4, "save_strategy": "no", "report_to": "none",
+              "use_cpu": True, "disable_tqdm": True, "lora_r": 2, "max_length": 96}
+    out = tmp_path / "cluster"
+    _train_cluster(PSoupsConfig(**common, learning_rate=1e-3), ds, tok, out)
+    first = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    _train_cluster(PSoupsConfig(**common, learning_rate=1e-3), ds, tok, out)
+    assert (out / "adapter_model.safetensors").stat().st_mtime_ns == first  # same settings: reused
+    _train_cluster(PSoupsConfig(**common, learning_rate=2e-3), ds, tok, out)
+    assert (out / "adapter_model.safetensors").stat().st_mtime_ns != first  # changed: trained again
