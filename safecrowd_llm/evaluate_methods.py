@@ -191,14 +191,14 @@ def plot_reward_cost(summary: dict[str, dict], path: str | Path) -> Path:
 
     norm = all(r["norm_reward"] is not None and r["norm_cost"] is not None for r in summary.values())
     rk, ck = ("norm_reward", "norm_cost") if norm else ("reward", "cost")
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
     groups: dict[str, list[tuple[float, str, dict]]] = {}
+    markers = iter("osD^vP*Xph<>" * 3)
     for name, r in summary.items():
         if r.get("group"):
             groups.setdefault(r["group"], []).append((r.get("param") or 0.0, name, r))
-        else:
-            ax.scatter(r[ck], r[rk], s=40, zorder=3)
-            ax.annotate(name, (r[ck], r[rk]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        else:  # a legend, not annotations: reward-trained baselines often land on the same spot
+            ax.scatter(r[ck], r[rk], s=45, marker=next(markers), label=name, zorder=3, alpha=0.85)
     for group, items in groups.items():
         items.sort()
         ax.plot([r[ck] for _, _, r in items], [r[rk] for _, _, r in items], "o-", label=group, zorder=2)
@@ -206,8 +206,7 @@ def plot_reward_cost(summary: dict[str, dict], path: str | Path) -> Path:
             ax.annotate(f"{param:g}", (r[ck], r[rk]), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xlabel("safety cost" + (" (Task-only = 1)" if norm else " (unsafe answers per answer)"))
     ax.set_ylabel("task reward" + (" (Oracle = 1)" if norm else ""))
-    if groups:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
