@@ -69,7 +69,11 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
 
     methods: ClassVar[tuple[str, ...]] = METHODS
 
-    method: str = field(default="task-only", metadata={"help": f"Which baseline: one of {METHODS}."})
+    method: str = field(
+        default="task-only",
+        metadata={"help": f"Which baseline: one of {METHODS}; recipes/train_baseline.py also takes the related "
+                  "systems maxmin, safe-rlhf and vpl (safecrowd_llm.related)."},
+    )
     task_reward: str = field(
         default="safecrowd_llm.textworld.judges.helpfulness",
         metadata={"help": "Dotted name of the task reward r_new, a callable (prompt: str, completion: str) -> float."},
