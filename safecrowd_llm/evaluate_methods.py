@@ -182,6 +182,30 @@ def markdown_table(summary: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def crowd_shift(reference: dict[str, dict], shifted: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """How far each method moves when its crowd changes (e.g. balanced -> 10:1): per method in both
+    summaries, the normalised reward and cost under each and ``d_reward`` / ``d_cost`` = shifted - reference.
+    The paper's robustness claim is that ours moves little and RC more."""
+    out = {}
+    for name, a in reference.items():
+        b = shifted.get(name)
+        if b is None or None in (a["norm_reward"], a["norm_cost"], b["norm_reward"], b["norm_cost"]):
+            continue
+        out[name] = {"reward": a["norm_reward"], "cost": a["norm_cost"], "shifted_reward": b["norm_reward"],
+                     "shifted_cost": b["norm_cost"], "d_reward": b["norm_reward"] - a["norm_reward"],
+                     "d_cost": b["norm_cost"] - a["norm_cost"]}
+    return out
+
+
+def crowd_shift_table(shift: dict[str, dict[str, float]], labels: tuple[str, str] = ("balanced", "10:1")) -> str:
+    a, b = labels
+    lines = [f"| method | reward {a} | reward {b} | change | cost {a} | cost {b} | change |", "|---|---|---|---|---|---|---|"]
+    for name, r in shift.items():
+        lines.append(f"| {name} | {r['reward']:.3f} | {r['shifted_reward']:.3f} | {r['d_reward']:+.3f} | {r['cost']:.3f} "
+                     f"| {r['shifted_cost']:.3f} | {r['d_cost']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_reward_cost(summary: dict[str, dict], path: str | Path) -> Path:
     """Reward vs cost (normalised where possible); sweeps (same group) as lines ordered by param."""
     import matplotlib

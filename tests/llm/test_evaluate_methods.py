@@ -56,3 +56,18 @@ def test_method_spec_errors_name_the_method(tmp_path):
         MethodSpec("x", "policy", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="method 'y'"):
         MethodSpec("y", "adapter", str(tmp_path / "missing"))
+
+
+def test_crowd_shift_reports_how_far_each_method_moves():
+    from safecrowd_llm.evaluate_methods import crowd_shift, crowd_shift_table
+
+    def row(r, c):
+        return {"norm_reward": r, "norm_cost": c}
+
+    balanced = {"ours": row(0.9, 0.05), "rc-0.5": row(0.8, 0.1), "base": row(0.5, None)}
+    imbalanced = {"ours": row(0.89, 0.06), "rc-0.5": row(0.95, 0.6)}
+    shift = crowd_shift(balanced, imbalanced)
+    assert set(shift) == {"ours", "rc-0.5"}  # base has no normalised cost, and no shifted row
+    assert shift["ours"]["d_reward"] == pytest.approx(-0.01) and shift["rc-0.5"]["d_cost"] == pytest.approx(0.5)
+    table = crowd_shift_table(shift)
+    assert "| rc-0.5 | 0.800 | 0.950 | +0.150 | 0.100 | 0.600 | +0.500 |" in table
