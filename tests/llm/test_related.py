@@ -175,3 +175,31 @@ def test_a_cluster_policy_is_reused_only_with_the_same_settings(base_and_crowd, 
     assert (out / "adapter_model.safetensors").stat().st_mtime_ns == first  # same settings: reused
     _train_cluster(PSoupsConfig(**common, learning_rate=2e-3), ds, tok, out)
     assert (out / "adapter_model.safetensors").stat().st_mtime_ns != first  # changed: trained again
+
+
+def test_every_related_system_produces_a_result_row(base_and_crowd, vpl_run, tmp_path):
+    """Each related system trains a few steps on the tiny world and enters the same comparison as the others."""
+    from safecrowd_llm.evaluate_methods import MethodSpec, evaluate_methods
+
+    base, crowd = str(base_and_crowd / "base"), str(base_and_crowd / "crowd.jsonl")
+    extra = {"maxmin": {"dataset": crowd, "num_clusters": 2, "em_iterations": 3}, "safe-rlhf": {"dataset": crowd},
+             "vpl": {"vpl_model": str(vpl_run)}, "task-only": {}}
+    specs = []
+    for method, kw in extra.items():
+        args = RelatedBaselineConfig(output_dir=str(tmp_path / method), method=method, base_model=base,
+                                     scaling_prompts=4, scaling_samples=1, eval_samples_per_prompt=0, **kw, **GRPO)
+        specs.append(MethodSpec(method, "adapter", str(train_baseline(args, build=build_related_objective))))
+    soup = train_psoups(PSoupsConfig(output_dir=str(tmp_path / "psoups"), base_model=base, dataset=crowd, grid_step=1.0,
+                                     search_prompts=2, search_samples=1, search_max_new_tokens=8,
+                                     eval_samples_per_prompt=0, max_steps=1, per_device_train_batch_size=4,
+                                     lora_r=2, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                                     max_length=96))
+    specs.append(MethodSpec("psoups", "adapter", str(soup)))
+    world = TextWorld.from_yaml()
+    results = evaluate_methods(specs, base_model=base, task_reward="safecrowd_llm.textworld.judges.helpfulness",
+                               prompts=world.split_prompts()[1][:4], out_dir=tmp_path / "eval", world=world,
+                               samples_per_prompt=1, max_new_tokens=8)
+    assert list(results["summary"]) == [*extra, "psoups"]
+    for row in results["summary"].values():
+        assert row["samples"] == 4 and 0 <= row["parse_rate"] <= 1 and {"norm_reward", "norm_cost"} <= set(row)
+    assert "| safe-rlhf |" in (tmp_path / "eval" / "results.md").read_text()
