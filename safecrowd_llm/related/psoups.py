@@ -190,6 +190,7 @@ def train_psoups(args: PSoupsConfig) -> Path:
                 model.delete_adapter(f"soup_{best}")
             best, best_score = i, score
         else:
+            model.set_adapter(f"soup_{best}")  # never delete the active adapter (PEFT warns and re-picks one)
             model.delete_adapter(f"soup_{i}")
     with tempfile.TemporaryDirectory(dir=out) as tmp:  # PEFT writes a non-default adapter into <dir>/<name>/
         model.save_pretrained(tmp, selected_adapters=[f"soup_{best}"], safe_serialization=True)
