@@ -302,10 +302,12 @@ ObjectiveBuilder = Callable[..., tuple[BatchRewardFn, dict]]
 
 
 def combine_with_task(args: BaselineConfig, task: RewardFn, learned: Callable[[Sequence[str], Sequence[str]], list[float]],
-                      reference: Reference | Callable[[], Reference] | None, name: str = "r_hat") -> tuple[BatchRewardFn, dict]:
+                      reference: Reference | Callable[[], Reference] | None,
+                      name: str = "r_hat") -> tuple[RewardCombination, dict]:
     """RC's mix (1 - omega) r_new + omega s(learned) for any learned crowd reward ``learned(prompts, completions)``,
-    with s fitted (``args.pooled_reward_scaling``) on the reference completions. RC uses it with the pooled r_hat;
-    the related baselines with MaxMin's min-over-mixture reward or plain VPL's latent reward."""
+    with s fitted (``args.pooled_reward_scaling``) on the reference completions (``.as_trl()`` gives GRPO's form).
+    RC uses it with the pooled r_hat; the related baselines with MaxMin's min-over-mixture reward, plain VPL's
+    latent reward, or Safe RLHF's reward model."""
     if callable(reference):
         reference = reference()
     if reference is None:
@@ -316,7 +318,7 @@ def combine_with_task(args: BaselineConfig, task: RewardFn, learned: Callable[[S
     scale = fit_scale(r_hat, r_task, args.pooled_reward_scaling)
     rc = RewardCombination(task, learned, args.omega, scale)
     info = {"omega": args.omega, f"{name}_scaling": {"mode": scale.mode, "a": scale.a, "b": scale.b, **scale.stats}}
-    return rc.as_trl(), info
+    return rc, info
 
 
 def build_objective(args: BaselineConfig, task: RewardFn, world: TextWorld | None = None,
@@ -337,9 +339,9 @@ def build_objective(args: BaselineConfig, task: RewardFn, world: TextWorld | Non
         raise ValueError(f"build_objective knows {METHODS}; {args.method!r} needs its own builder")
     rm = PooledRewardModel.from_pretrained(args.pooled_reward, args.base_model, args.pooled_reward_format,
                                            args.dtype, args.trust_remote_code)
-    objective, mix = combine_with_task(args, task, rm.score, reference, "pooled_reward")
+    rc, mix = combine_with_task(args, task, rm.score, reference, "pooled_reward")
     info |= {"pooled_reward": str(args.pooled_reward), "pooled_reward_format": rm.fmt, **mix}
-    return objective, info
+    return rc.as_trl(), info
 
 
 def _monitors(args: BaselineConfig, task: RewardFn, world: TextWorld | None) -> list[BatchRewardFn]:

@@ -200,7 +200,8 @@ def maxmin_objective(args: Any, task: RewardFn, world: Any = None,
     features.model.to(args.device)  # the reward embeds every GRPO batch: on the trainer's device
     fit = fit_from_dataset(args, features)
     fit.heads.save(out / "maxmin_rewards")
-    objective, mix = combine_with_task(args, task, MinReward(features, fit.heads), reference, "maxmin_reward")
+    rc, mix = combine_with_task(args, task, MinReward(features, fit.heads), reference, "maxmin_reward")
+    objective = rc.as_trl()
     objective.__name__ = f"maxmin_{args.omega:g}"  # TRL logs rewards/maxmin_<omega>/mean
     sizes = torch.bincount(fit.responsibilities.argmax(1), minlength=fit.weights.numel())
     info: dict[str, Any] = {

@@ -4,7 +4,8 @@ the task reward under the constraint E[cost] <= budget, enforced by a Lagrange m
 Safe RLHF decouples helpfulness from harmlessness: a reward model R, a cost model C trained on harmlessness
 preferences plus per-response safe/unsafe labels, and a policy update on ``R - lambda * C`` with lambda raised
 by dual ascent while the expected cost exceeds the budget. Here every method optimises the same new task
-reward r_new, so Safe RLHF's reward model *is* the task reward; only the cost model is learned. It is a linear
+reward r_new, so R is r_new, optionally mixed (``omega > 0``) with a learned reward model — a Bradley-Terry
+head on the crowd's preferences — as RC mixes r_hat. The cost model is a linear
 head on the frozen base's features (see :mod:`.features` for why heads), fitted with Safe RLHF's cost-model
 loss: Bradley-Terry on pairs ordered by safety (where the two responses differ in ``unsafe``, the unsafe one
 must cost more) + the sign term on every response's label (a logistic loss). In the objective the cost is
@@ -25,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..baselines import combine_with_task
 from ..rewards import BatchRewardFn, RewardFn, as_text
-from .features import FrozenFeatures, LinearHeads, fit_linear_head, standardiser
+from .features import FrozenFeatures, LinearHeads, fit_bradley_terry, fit_linear_head, standardiser
 
-__all__ = ["CostModel", "LagrangeMultiplier", "LagrangianReward", "fit_cost_model", "safe_rlhf_objective"]
+__all__ = ["CostModel", "FeatureReward", "LagrangeMultiplier", "LagrangianReward", "fit_cost_model",
+           "safe_rlhf_objective"]
 
 SAFETY_COLUMNS = ("chosen_unsafe", "rejected_unsafe")
 CostFn = Callable[[Sequence[str], Sequence[str]], list[float]]
@@ -78,6 +81,16 @@ class CostModel:
         return torch.sigmoid(self.head.scores(self.features(prompts, completions))[:, 0]).tolist()
 
 
+class FeatureReward:
+    """``(prompts, completions) -> r(x, y)``: Safe RLHF's reward model, one head on the frozen base's features."""
+
+    def __init__(self, features: FrozenFeatures, head: LinearHeads) -> None:
+        self.features, self.head = features, head
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
+        return self.head.scores(self.features(prompts, completions))[:, 0].tolist() if len(prompts) else []
+
+
 class LagrangeMultiplier:
     """lambda >= 0 of the constraint E[cost] <= budget, updated by projected dual ascent:
     ``lambda <- clip(lambda + lr * (mean_cost - budget), 0, lambda_max)``. ``history``: lambda after each update."""
@@ -108,7 +121,9 @@ def _global_mean(values: list[float]) -> float:
 
 
 class LagrangianReward:
-    """Safe RLHF's policy objective ``r_new(x, y) - lambda * cost(x, y)`` in TRL's batched form.
+    """Safe RLHF's policy objective ``r(x, y) - lambda * cost(x, y)`` in TRL's batched form, where r is the task
+    reward or (``task`` with a ``batch`` method, e.g. a :class:`~safecrowd_llm.baselines.RewardCombination`) the
+    task reward mixed with Safe RLHF's learned reward model.
 
     Each batch is scored with the *current* lambda, then lambda takes one dual step on the batch's mean
     predicted cost (one step per GRPO batch), so lambda grows while the policy is too unsafe and decays once it
@@ -125,7 +140,8 @@ class LagrangianReward:
         ps, cs = [as_text(p) for p in prompts], [as_text(c) for c in completions]
         costs = [float(c) for c in self.cost(ps, cs)]
         lam = self.multiplier.value
-        rewards = [float(self.task(p, c)) - lam * k for p, c, k in zip(ps, cs, costs, strict=True)]
+        task = self.task.batch(ps, cs) if hasattr(self.task, "batch") else [self.task(p, c) for p, c in zip(ps, cs)]
+        rewards = [float(r) - lam * k for r, k in zip(task, costs, strict=True)]
         mean_cost = _global_mean(costs)
         self.costs.append(mean_cost)
         self.multiplier.update(mean_cost)
@@ -149,8 +165,10 @@ class LagrangianReward:
 
 def safe_rlhf_objective(args: Any, task: RewardFn, world: Any = None, reference: Any = None) -> tuple[BatchRewardFn, dict]:
     """Fit the cost model on ``args.dataset``'s safety labels, save it to ``<output_dir>/cost_model`` and return
-    the Lagrangian reward + its ``policy.json`` description (``build_objective``'s signature; ``world`` and
-    ``reference`` are unused). ``info["lambda_history"]`` / ``info["cost_history"]`` are the live lists the
+    the Lagrangian reward + its ``policy.json`` description (``build_objective``'s signature; ``world`` is
+    unused). With ``args.omega > 0`` Safe RLHF's separate reward model (a Bradley-Terry head on the crowd's
+    preferences, ``<output_dir>/reward_model``) is mixed with the task reward as RC mixes r_hat, its scale
+    fitted on ``reference``; with 0 the task reward alone is the reward. ``info["lambda_history"]`` / ``info["cost_history"]`` are the live lists the
     reward appends to, so the ``policy.json`` written after training holds the multiplier's trajectory."""
     from ..data import load_preferences
 
@@ -172,14 +190,23 @@ def safe_rlhf_objective(args: Any, task: RewardFn, world: Any = None, reference:
     if args.process_index == 0:
         head.save(out / "cost_model")
     features.model.to(args.device)  # score GRPO's completions where the policy runs
+    objective_task, mix = task, {"omega": 0.0}
+    if args.omega > 0:  # Safe RLHF's reward model: a Bradley-Terry head on the crowd's preferences, mixed in as RC
+        mean, std = standardiser(chosen, rejected)
+        w = fit_bradley_terry((chosen - mean) / std, (rejected - mean) / std, l2=args.head_l2)
+        reward_head = LinearHeads(mean, std, w[None], meta={"kind": "safe-rlhf-reward", "dataset": str(args.dataset)})
+        if args.process_index == 0:
+            reward_head.save(out / "reward_model")
+        learned = FeatureReward(features, reward_head)
+        objective_task, mix = combine_with_task(args, task, learned, reference, "reward_model")
     multiplier = LagrangeMultiplier(args.cost_budget, args.lambda_init, args.lambda_lr, args.lambda_max)
-    reward = LagrangianReward(task, CostModel(features, head), multiplier)
+    reward = LagrangianReward(objective_task, CostModel(features, head), multiplier)
     info: dict[str, Any] = {
         "method": args.method, "task_reward": args.task_reward, "cost_budget": args.cost_budget,
         "lambda_init": args.lambda_init, "lambda_lr": args.lambda_lr, "lambda_max": args.lambda_max,
         "cost_model": {"path": "cost_model", "label_accuracy": head.meta["label_accuracy"],
                        "pair_accuracy": head.meta["pair_accuracy"], "safety_pairs": head.meta["safety_pairs"],
                        "responses": head.meta["responses"]},
-        "lambda_history": multiplier.history, "cost_history": reward.costs,
+        "lambda_history": multiplier.history, "cost_history": reward.costs, **mix,
     }
     return reward.as_trl(), info

@@ -115,6 +115,7 @@ def vpl_objective(args: Any, task: RewardFn, world: Any = None,
         info |= {"skill": skill["name"], "latent": skill["latent"]}
     else:
         info["latent"] = reward.z.tolist()
-    objective, mix = combine_with_task(args, task, reward, reference, "vpl_reward")
+    rc, mix = combine_with_task(args, task, reward, reference, "vpl_reward")
+    objective = rc.as_trl()
     objective.__name__ = f"vpl_{args.omega:g}"
     return objective, info | mix

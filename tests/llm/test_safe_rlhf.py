@@ -233,3 +233,15 @@ def test_safe_rlhf_trains_and_records_the_multiplier(base_and_crowd, tmp_path):
     assert history == pytest.approx([0.5 + sum(costs[: i + 1]) for i in range(len(costs))])
     assert "rewards/safe_rlhf/mean" in manifest["metrics"]["reward_curve"][0]
     assert set(manifest["heldout"]) == {"reference", "policy"}
+
+
+def test_safe_rlhf_with_a_reward_model_mixes_it_with_the_task(base_and_crowd, tmp_path):
+    """omega > 0: Safe RLHF's separate reward model (a BT head on the crowd) enters the objective as RC mixes r_hat."""
+    args = RelatedBaselineConfig(output_dir=str(tmp_path), method="safe-rlhf", base_model=str(base_and_crowd / "base"),
+                                 dataset=str(base_and_crowd / "crowd.jsonl"), omega=0.5, scaling_prompts=4,
+                                 scaling_samples=1, eval_samples_per_prompt=0, **TINY)
+    out = train_baseline(args, build=build_related_objective)
+    policy = json.loads((out / "policy.json").read_text())
+    assert (out / "reward_model.safetensors").exists() and (out / "cost_model.safetensors").exists()
+    assert policy["omega"] == 0.5 and "reward_model_scaling" in policy
+    assert len(policy["lambda_history"]) >= 1
