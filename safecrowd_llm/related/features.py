@@ -37,6 +37,7 @@ class FrozenFeatures:
                  cache_dir: str | Path | None = None, batch_size: int = 64) -> None:
         self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
         self.pooling, self.max_length, self.cache_dir, self.batch_size = pooling, max_length, cache_dir, batch_size
+        self._last: tuple[tuple[str, ...], Tensor] | None = None  # a GRPO batch scored by two heads is embedded once
 
     @classmethod
     def from_pretrained(cls, base_model: str, dtype: str = "float32", trust_remote_code: bool = False,
@@ -54,9 +55,14 @@ class FrozenFeatures:
         from ..train_skills import render_pair
 
         texts = [render_pair(self.tokenizer, as_text(p), as_text(c)) for p, c in zip(prompts, completions, strict=True)]
-        return cached_embeddings(self.model, self.tokenizer, texts, self.cache_dir if cache else None,
+        if not cache and self._last is not None and self._last[0] == tuple(texts):
+            return self._last[1]
+        emb = cached_embeddings(self.model, self.tokenizer, texts, self.cache_dir if cache else None,
                                  pooling=self.pooling, max_length=self.max_length, batch_size=self.batch_size,
                                  progress=cache and len(texts) > 1000)
+        if not cache:
+            self._last = (tuple(texts), emb)
+        return emb
 
     def preference_pairs(self, dataset: Any) -> tuple[Tensor, Tensor]:
         """Features of prompt+chosen and prompt+rejected for every row of a preference dataset (cached)."""

@@ -48,3 +48,14 @@ def tiny_skills(tmp_path_factory):
                 "latent_dim": 2, "config_hash": None, "skills": skills}
     write_json(manifest, root / "skills" / "skills.json")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every language-model test runs torch on one thread (a 2-core CI box stalls with more)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

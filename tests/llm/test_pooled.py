@@ -41,13 +41,11 @@ def test_pooled_reward_on_a_10_to_1_crowd_learns_the_majority_style(base_and_cro
     """The failure the paper formalises: one reward for the whole crowd is the majority's reward. On held-out
     benign prompts it ranks the majority type's favourite answer above the minority's favourite, whichever
     type is the majority."""
-    import torch
     from transformers import AutoTokenizer
 
     from safecrowd_llm.baselines import PooledRewardModel
     from safecrowd_llm.textworld import TextWorld, sample_crowd, write_jsonl
 
-    torch.set_num_threads(1)
     world = TextWorld.from_yaml(**{"crowd.num_annotators": 22, "crowd.pairs_per_annotator": 24,
                                    "crowd.proportions": proportions})
     write_jsonl(sample_crowd(world, seed=0), tmp_path / "crowd.jsonl")

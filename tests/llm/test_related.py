@@ -20,19 +20,7 @@ from safecrowd_llm.related.psoups import PSoupsConfig, cluster_rows, simplex_gri
 from safecrowd_llm.related.vpl import LatentReward
 from safecrowd_llm.textworld import TextWorld
 
-GRPO = {  # a few GRPO steps of 4 prompts x 2 completions of 8 tokens, one CPU thread
-    "max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 2, "max_completion_length": 8,
-    "learning_rate": 1e-2, "lora_r": 4, "lora_alpha": 8, "logging_steps": 1, "save_strategy": "no",
-    "report_to": "none", "use_cpu": True, "cpu_threads": 1, "disable_tqdm": True, "seed": 0,
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .grpo_support import TINY_GRPO as GRPO
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +191,14 @@ def test_every_related_system_produces_a_result_row(base_and_crowd, vpl_run, tmp
     for row in results["summary"].values():
         assert row["samples"] == 4 and 0 <= row["parse_rate"] <= 1 and {"norm_reward", "norm_cost"} <= set(row)
     assert "| safe-rlhf |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_frozen_features_embed_a_repeated_batch_once(base_and_crowd):
+    """Safe RLHF scores each GRPO batch with a cost head and a reward head: the base embeds it once."""
+    from safecrowd_llm.related.features import FrozenFeatures
+
+    features = FrozenFeatures.from_pretrained(str(base_and_crowd / "base"))
+    first = features(["how do i bake bread ?"], ["Sure."])
+    assert features(["how do i bake bread ?"], ["Sure."]) is first
+    other = features(["how do i bake bread ?"], ["No."])
+    assert other is not first and not torch.equal(other, first)

@@ -27,19 +27,7 @@ from safecrowd_llm.related.safe_rlhf import (
 )
 from safecrowd_llm.textworld import TextWorld, read_jsonl, write_jsonl
 
-TINY = {  # a few GRPO steps of 4 prompts x 2 completions of 8 tokens, one CPU thread
-    "max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 2, "max_completion_length": 8,
-    "learning_rate": 1e-2, "lora_r": 4, "lora_alpha": 8, "logging_steps": 1, "save_strategy": "no",
-    "report_to": "none", "use_cpu": True, "cpu_threads": 1, "disable_tqdm": True, "seed": 0,
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .grpo_support import TINY_GRPO as TINY
 
 
 # ------------------------------------------------------------------------------------- the multiplier
