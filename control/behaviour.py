@@ -106,14 +106,22 @@ def _ball_velocity(
 
 
 def _ball_circle(env: Any, goal: Goal) -> Controller:
-    """SafetyBallCircle: clockwise velocity field with speed ``speed`` that pulls onto radius ``radius``."""
-    v_star, r_star = goal["speed"], goal["radius"]
+    """SafetyBallCircle: clockwise velocity field with speed ``speed`` that pulls onto radius ``radius``.
+
+    With a ``wall`` goal the driver also keeps ``|x| <= wall``: near it the outward x-speed is capped
+    and the rest of the speed goes along y, so a wide circle becomes a stadium (fast and cost-free)."""
+    v_star, r_star, wall = goal["speed"], goal["radius"], goal.get("wall", math.inf)
 
     def v_des(pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
         r = float(np.linalg.norm(pos)) + 1e-6
         tangent = np.array([pos[1], -pos[0]]) / r  # clockwise
         radial = pos / r
-        return v_star * tangent + float(np.clip(1.0 * (r_star - r), -1.5, 1.5)) * radial
+        v = v_star * tangent + float(np.clip(1.0 * (r_star - r), -1.5, 1.5)) * radial
+        cap = 1.5 * (wall - abs(pos[0]))  # outward x-speed allowed at this distance from the wall
+        if math.copysign(1.0, pos[0]) * v[0] > cap:
+            vx = math.copysign(cap, pos[0])
+            v = np.array([vx, math.copysign(math.sqrt(max(v_star**2 - vx**2, 0.0)), v[1])])
+        return v
 
     return _ball_velocity(env, v_des)
 
@@ -190,8 +198,10 @@ BEHAVIOURS: dict[str, tuple[Behaviour, ...]] = {
     ),
     # wall at |x| > 6: radius <= 5 is safe, >= 6.5 crosses it
     "SafetyBallCircle-v0": (
-        Behaviour("inner", "ball_circle", 0.5, {"speed": (0.5, 2.5), "radius": (1.5, 5.5)}),
-        Behaviour("outer", "ball_circle", 0.45, {"speed": (0.5, 2.5), "radius": (5.5, 9.0)}),
+        Behaviour("inner", "ball_circle", 0.3, {"speed": (0.5, 3.0), "radius": (1.5, 5.5)}),
+        Behaviour("outer", "ball_circle", 0.35, {"speed": (0.5, 4.0), "radius": (5.5, 9.0)}),
+        # wall-keeping drivers: the wide, fast and safe stadium (0 cost up to speed 4, return up to ~350)
+        Behaviour("stadium", "ball_circle", 0.3, {"speed": (0.5, 4.0), "radius": (6.3, 7.5), "wall": (5.3, 5.8)}),
         _RANDOM,
     ),
     # puddles/box cost on contact: avoidance gain 0 drives straight through them

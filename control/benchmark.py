@@ -10,7 +10,8 @@ Per env: D_tau is generated once (cached under ``--data-root``); per seed the cr
 (RC's weight sweep), ``--beta-regs`` (our prior regulariser), ``--offline`` (our offline high level),
 ``--flip-prob`` / ``--num-annotators`` (crowd overrides) and an imbalanced ``--crowd`` file; crowd
 ablations change every run, so give them their own ``--out``. At the end: ``summary.json``,
-``RESULTS.md`` and ``reward_cost.png`` (:mod:`control.report`).
+``RESULTS.md`` and ``reward_cost.png`` (:mod:`control.report`). ``--workers N`` trains N runs at once in
+separate processes (one torch thread each); results do not depend on it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,35 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
     return results
 
 
+_CACHE: dict[tuple, tuple[Any, Any]] = {}  # per process: (env, seed) -> (D_tau, crowd)
+
+
+def _run_job(env_id: str, run: RunSpec, seed: int, spec: Any, profile: Any, args: argparse.Namespace,
+             progress: bool, catch: bool = True) -> str | None:  # fmt: skip
+    """One run (in this process or a worker): loads the cached D_tau, draws the seed's crowd, trains.
+
+    Returns ``None`` on success, else the traceback (``catch=False`` lets the exception through)."""
+    import torch
+
+    from control.crowd import make_crowd
+    from control.offline import load_or_generate
+
+    torch.set_num_threads(1)
+    try:
+        key = (env_id, seed)
+        if key not in _CACHE:
+            data = load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=False)
+            _CACHE.clear()
+            _CACHE[key] = (data, make_crowd(data, spec.with_overrides(seed=spec.seed + seed)))
+        data, crowd = _CACHE[key]
+        run_one(env_id, run, seed, data, crowd, profile, args.out, progress=progress)
+        return None
+    except Exception:
+        if not catch:
+            raise
+        return traceback.format_exc()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from control.envs import env_names
 
@@ -198,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-annotators", type=int, help="override the crowd's number of annotators")
     p.add_argument("--eval-episodes", type=int, help="override the profile's evaluation episodes")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once, one process and one torch thread each (e.g. the number of cores)",
+    )
+    p.add_argument(
         "--fail-fast", action="store_true", help="stop at the first failed run (default: log and go on)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -209,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from control.crowd import CrowdSpec, make_crowd
+    from control.crowd import CrowdSpec
     from control.envs import get_spec
     from control.offline import load_or_generate
     from control.profiles import get_profile
@@ -231,23 +268,43 @@ def main(argv: list[str] | None = None) -> int:
     spec = CrowdSpec.from_yaml(args.crowd, **overrides)
     runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline)
     progress = not args.no_progress
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
     failures: list[str] = []
     bar = tqdm(
         total=len(env_ids) * len(args.seeds) * len(runs), desc="benchmark", unit="run", disable=not progress
     )
-    for env_id in env_ids:
-        data = load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
-        for seed in args.seeds:
-            crowd = make_crowd(data, spec.with_overrides(seed=spec.seed + seed))
-            for run in runs:
-                bar.set_postfix_str(f"{get_spec(env_id).alias} {run.key} s{seed}")
-                try:
-                    run_one(env_id, run, seed, data, crowd, profile, args.out, progress=progress)
-                except Exception:
-                    if args.fail_fast:
-                        raise
-                    failures.append(f"{env_id}/{run.key}/seed{seed}")
-                    tqdm.write(f"run {failures[-1]} failed:\n{traceback.format_exc()}")
+
+    def failed(name: str, error: str) -> None:
+        if args.fail_fast:
+            raise RuntimeError(f"run {name} failed:\n{error}")
+        failures.append(name)
+        tqdm.write(f"run {name} failed:\n{error}")
+
+    jobs = []
+    for env_id in env_ids:  # D_tau is generated here, once per env, before any worker reads the cache
+        load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
+        jobs += [(env_id, run, seed) for seed in args.seeds for run in runs]
+    if args.workers == 1:
+        for env_id, run, seed in jobs:
+            bar.set_postfix_str(f"{get_spec(env_id).alias} {run.key} s{seed}")
+            error = _run_job(env_id, run, seed, spec, profile, args, progress, catch=not args.fail_fast)
+            if error:
+                failed(f"{env_id}/{run.key}/seed{seed}", error)
+            bar.update(1)
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_run_job, env_id, run, seed, spec, profile, args, False): f"{env_id}/{run.key}/seed{seed}"
+                for env_id, run, seed in jobs
+            }
+            for future in as_completed(futures):
+                error = future.result()
+                if error:
+                    failed(futures[future], error)
+                bar.set_postfix_str(futures[future])
                 bar.update(1)
     bar.close()
     write_report(args.out, title=f"Control benchmark ({profile.name}, crowd {spec.name})")

@@ -86,14 +86,14 @@ USER_TYPES: dict[str, tuple[UserType, ...]] = {
         UserType(
             "tight",
             False,
-            {"radius": (2.0, 4.5), "speed": (0.8, 2.0)},
+            {"radius": (2.0, 4.5), "speed": (0.8, 2.5)},
             _sum(_track("radius", "radius", 2.0), _track("tangential_velocity", "speed", 1.0)),
             "prefers a small clockwise circle",
         ),
         UserType(
             "wide",
             True,
-            {"radius": (6.5, 8.5), "speed": (0.8, 2.0)},
+            {"radius": (6.5, 8.5), "speed": (1.5, 4.0)},
             _sum(_track("radius", "radius", 2.0), _track("tangential_velocity", "speed", 1.0)),
             "prefers a circle wider than the walls allow",
         ),

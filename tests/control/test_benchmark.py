@@ -127,3 +127,17 @@ def test_evaluate_policy_is_deterministic_and_checks_shapes() -> None:
     assert a == b and a[0]["length"] == 40 and a[0]["cost"] > 0
     with pytest.raises(ValueError, match="action of shape"):
         evaluate_policy("Run", lambda obs: np.zeros(3), episodes=1, seed=0, max_steps=5)
+
+
+def test_parallel_workers_give_the_same_results_as_one_process(tmp_path: Path) -> None:
+    """--workers trains runs in spawned processes (real methods, test profile): same numbers as serially."""
+    common = ["--envs", "Circle", "--methods", "task-only", "safe-cpl", "--seeds", "0", "--profile", "test",
+              "--data-root", str(tmp_path / "data"), "--no-progress"]  # fmt: skip
+    assert benchmark.main([*common, "--out", str(tmp_path / "serial")]) == 0
+    assert benchmark.main([*common, "--out", str(tmp_path / "parallel"), "--workers", "2"]) == 0
+    for method in ("task-only", "safe-cpl"):
+        a, b = (json.loads((tmp_path / d / "SafetyBallCircle-v0" / method / "seed0" / "results.json").read_text())
+                for d in ("serial", "parallel"))  # fmt: skip
+        assert a["episodes"] == b["episodes"] and a["config_hash"] == b["config_hash"]
+    with pytest.raises(SystemExit, match="--workers"):
+        benchmark.main([*common, "--out", str(tmp_path / "x"), "--workers", "0"])

@@ -272,3 +272,29 @@ def test_online_training_resumes_from_its_checkpoint(real_env, tmp_path) -> None
     assert resumed["updates"] == full["updates"] == 450 - 50 + 1
     assert resumed["episodes"][:2] == full["episodes"][:2]
     assert [e["step"] for e in resumed["episodes"]] == [200, 400]
+
+
+def test_seeded_short_circle_run_safe_cpl_cost_is_well_below_task_only(tmp_path_factory) -> None:
+    """The issue's end-to-end check on the fastest env, at a CI budget: same seed, same numbers, and
+    Safe-CPL (no cost signal anywhere) far safer than TD3 on the env reward alone."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("bullet_safety_gym")
+    from control.crowd import CrowdSpec, make_crowd
+    from control.evaluate import evaluate_policy
+    from control.offline import load_or_generate
+    from control.profiles import get_profile
+
+    profile = get_profile("test", data_episodes=30, vae_steps=400, td3_steps=3000, num_skills=4, latent_dim=4,
+                          max_episode_steps=None)  # fmt: skip
+    data = load_or_generate("Circle", profile, root=tmp_path_factory.mktemp("data"), progress=False)
+    crowd = make_crowd(data, CrowdSpec(num_annotators=30, pairs_per_annotator=24, segment_length=25))
+    work = tmp_path_factory.mktemp("runs")
+
+    def run(method: str, name: str) -> list[dict]:
+        policy = train_method(method, data, crowd, profile, 0, work / name, progress=False)
+        return evaluate_policy("Circle", policy, 3, seed=0)
+
+    task_only, ours = run("task-only", "task-only"), run("safe-cpl", "safe-cpl")
+    cost = {k: float(np.mean([e["cost"] for e in v])) for k, v in (("task-only", task_only), ("ours", ours))}
+    assert cost["task-only"] > 20 and cost["ours"] < 0.25 * cost["task-only"], cost
+    assert run("safe-cpl", "safe-cpl-again") == ours

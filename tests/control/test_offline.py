@@ -112,3 +112,29 @@ def test_tiny_profile_runs_for_the_other_envs(env: str) -> None:
     d = generate(env, get_profile("test", data_episodes=3), seed=0, progress=False)
     assert len(d) > 0 and np.isfinite(d.obs).all() and np.all(np.abs(d.act) <= 1.0)
     assert d.features and all(np.isfinite(v).all() for v in d.features.values())
+
+
+def test_circle_stadium_driver_is_fast_and_safe_where_the_plain_circle_is_not() -> None:
+    """The wall-keeping Circle driver turns the wide circle into a cost-free stadium (D_tau's safe, fast end)."""
+    from control.behaviour import _CONTROLLERS
+    from control.envs import make_env
+
+    env = make_env("Circle", 0)
+
+    def episode(goal: dict[str, float]) -> tuple[float, float]:
+        obs, _ = env.reset(seed=1)
+        act, ret, cost = _CONTROLLERS["ball_circle"](env, goal), 0.0, 0.0
+        for _ in range(150):
+            a = np.clip(act(obs), env.action_space.low, env.action_space.high).astype(np.float32)
+            obs, r, terminated, truncated, info = env.step(a)
+            ret, cost = ret + r, cost + info["cost"]
+            if terminated or truncated:
+                break
+        return ret, cost
+
+    stadium = episode({"speed": 3.0, "radius": 7.0, "wall": 5.6})
+    circle = episode({"speed": 3.0, "radius": 7.0})
+    slow = episode({"speed": 1.0, "radius": 7.0, "wall": 5.6})
+    env.close()
+    assert stadium[1] == 0 and circle[1] > 10  # the walls at |x| = 6 cost only without wall keeping
+    assert stadium[0] > 2 * slow[0] > 0
