@@ -201,7 +201,9 @@ BEHAVIOURS: dict[str, tuple[Behaviour, ...]] = {
         Behaviour("inner", "ball_circle", 0.3, {"speed": (0.5, 3.0), "radius": (1.5, 5.5)}),
         Behaviour("outer", "ball_circle", 0.35, {"speed": (0.5, 4.0), "radius": (5.5, 9.0)}),
         # wall-keeping drivers: the wide, fast and safe stadium (0 cost up to speed 4, return up to ~350)
-        Behaviour("stadium", "ball_circle", 0.3, {"speed": (0.5, 4.0), "radius": (6.3, 7.5), "wall": (5.3, 5.8)}),
+        Behaviour(
+            "stadium", "ball_circle", 0.3, {"speed": (0.5, 4.0), "radius": (6.3, 7.5), "wall": (5.3, 5.8)}
+        ),
         _RANDOM,
     ),
     # puddles/box cost on contact: avoidance gain 0 drives straight through them

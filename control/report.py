@@ -7,6 +7,9 @@ normalised numbers are also written back into each ``results.json`` (``"normalis
 
 ``summary.json``: ``{env: {method_key: {"reward", "reward_std", "cost", "cost_std", "seeds",
 "dsrl_cost", "dsrl_cost_std", "raw_reward", "raw_cost", "label", "method", "options"}}}``.
+
+    python -m control.report DIR                         # rewrite DIR's summary, table and plot
+    python -m control.report BALANCED --shift IMBALANCED   # how far each method moves with the crowd
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from control.evaluate import mean_std, ratio
 
-__all__ = ["collect_runs", "plot_reward_cost", "summarise", "write_markdown", "write_report"]
+__all__ = ["collect_runs", "crowd_shift", "plot_reward_cost", "summarise", "write_markdown", "write_report"]
 
 ORACLE, TASK_ONLY = "oracle", "task-only"
 _ORDER = ("oracle", "task-only", "sopl", "rc", "safe-vpl", "safe-cpl")
@@ -213,3 +216,62 @@ def write_report(out: str | Path, title: str = "") -> dict[str, dict[str, dict[s
     if summary:
         plot_reward_cost(summary, out / "reward_cost.png")
     return summary
+
+
+def crowd_shift(
+    base: dict[str, dict[str, dict[str, Any]]], shifted: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per env and method in both summaries: normalised reward and cost under each crowd and the change
+    (``shifted - base``), e.g. balanced vs 10:1 (the issue's robustness check: ours should move <= 0.02)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for env in base.keys() & shifted.keys():
+        for key in sorted(base[env].keys() & shifted[env].keys(), key=_sort_key):
+            a, b = base[env][key], shifted[env][key]
+            row = {"label": a["label"], "reward": a["reward"], "cost": a["cost"],
+                   "shifted_reward": b["reward"], "shifted_cost": b["cost"]}  # fmt: skip
+            for m in ("reward", "cost"):
+                row[f"d_{m}"] = b[m] - a[m] if a[m] is not None and b[m] is not None else None
+            out.setdefault(env, {})[key] = row
+    return out
+
+
+def crowd_shift_markdown(shift: dict[str, dict[str, dict[str, Any]]], base: str, shifted: str) -> str:
+    """One table per env: reward / cost under each crowd and the change."""
+    f = lambda x: "–" if x is None else f"{x:+.2f}"  # noqa: E731
+    g = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = [f"# Crowd shift: {base} -> {shifted}", "",
+             "Normalised reward / cost (Oracle = 1, Task-only = 1 within each crowd's own runs).", ""]  # fmt: skip
+    for env, rows in shift.items():
+        lines += [f"## {env}", "", "| Method | base | shifted | Δ reward | Δ cost |", "|---|---|---|---|---|"]
+        for row in rows.values():
+            lines.append(
+                f"| {row['label']} | {g(row['reward'])} / {g(row['cost'])} | {g(row['shifted_reward'])} / "
+                f"{g(row['shifted_cost'])} | {f(row['d_reward'])} | {f(row['d_cost'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from safecrowd_llm.core.atomic import write_json, write_text
+
+    p = argparse.ArgumentParser(prog="python -m control.report", description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path, help="benchmark results directory (python -m control.benchmark --out)")
+    p.add_argument("--shift", type=Path, help="a second results directory (e.g. the 10:1 crowd) to compare with")
+    p.add_argument("--title", default="", help="title of RESULTS.md")
+    args = p.parse_args(argv)
+    base = write_report(args.out, args.title)
+    print(f"wrote {args.out / 'summary.json'}, {args.out / 'RESULTS.md'}")
+    if args.shift:
+        shifted = write_report(args.shift, args.title)
+        shift = crowd_shift(base, shifted)
+        write_json(shift, args.shift / "crowd_shift.json")
+        text = crowd_shift_markdown(shift, str(args.out), str(args.shift))
+        write_text(text, args.shift / "crowd_shift.md")
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

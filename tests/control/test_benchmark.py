@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,23 @@ def test_parallel_workers_give_the_same_results_as_one_process(tmp_path: Path) -
         assert a["episodes"] == b["episodes"] and a["config_hash"] == b["config_hash"]
     with pytest.raises(SystemExit, match="--workers"):
         benchmark.main([*common, "--out", str(tmp_path / "x"), "--workers", "0"])
+
+
+def test_crowd_shift_reports_how_far_each_method_moves(tmp_path: Path, monkeypatch, capsys) -> None:
+    from control import report
+
+    assert _run(tmp_path, FakeTrainer(), monkeypatch) == 0
+    shifted = FakeTrainer()
+    THROTTLE_10TO1 = dict(THROTTLE, rc=-0.9)  # RC follows the majority: faster and costlier
+    monkeypatch.setattr(benchmark, "train_method", shifted)
+    monkeypatch.setattr(sys.modules[__name__], "THROTTLE", THROTTLE_10TO1)
+    args = ["--envs", "Run", "--methods", "oracle", "task-only", "rc", "--seeds", "0", "1", "--profile", "test",
+            "--crowd", "control/crowds/imbalanced_10to1.yaml", "--out", str(tmp_path / "shifted"),
+            "--data-root", str(tmp_path / "data"), "--no-progress"]  # fmt: skip
+    assert benchmark.main(args) == 0
+    report.main([str(tmp_path / "bench"), "--shift", str(tmp_path / "shifted")])
+    shift = json.loads((tmp_path / "shifted" / "crowd_shift.json").read_text())["SafetyCarRun-v0"]
+    assert shift["oracle"]["d_reward"] == pytest.approx(0.0) and shift["task-only"]["d_cost"] == pytest.approx(0.0)
+    assert shift["rc"]["d_cost"] > 0.1 and shift["rc"]["d_reward"] > 0
+    assert shift["rc"]["shifted_cost"] == pytest.approx(shift["rc"]["cost"] + shift["rc"]["d_cost"])
+    assert "Δ cost" in (tmp_path / "shifted" / "crowd_shift.md").read_text() and "RC(ω=0.5)" in capsys.readouterr().out
