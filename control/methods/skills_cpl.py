@@ -16,8 +16,12 @@ a sensible behaviour model at *every* latent the prior covers (the CPL paper's B
 FINDINGS: CPL without it erodes a small model), which matters because the high-level policy later
 moves anywhere in that space. The skill that is executed is pi_l's mean.
 
-Defaults (measured on Circle-quick, 800 steps): alpha = 1 and lam = 1; lam = 0.75 gave skills that
-barely moved (return ~15), and alpha = 0.1 with the KL weight at 1 collapsed the posterior onto the prior.
+Defaults: alpha = 1, lam = 0.75, bc_weight = 0.5 (quick profile, seed 0, returns of the 4 skill latents,
+all cost-free). On SafetyCarRun lam = 1 with bc_weight = 0.1 left every skill driving backwards (-90 to
+-240: pushing down the dispreferred side's log-probs moved the mean action out of D_tau's support);
+lam = 0.75 with bc_weight = 0.5 gives 136 / 268 / 378 / 153. On SafetyBallCircle the two settings are
+on a par (18 / 150 / 142 / 31 vs 19 / 105 / 165 / 18); lam = 0.5 with bc_weight = 1 helps Run but gives
+Circle a costly skill. alpha = 0.1 with the KL weight at 1 collapsed the posterior onto the prior.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ class CPLConfig:
     latent: LatentConfig = field(default_factory=LatentConfig)
     policy_hidden: tuple[int, ...] = (128, 128)
     alpha: float = 1.0  # temperature on summed segment log-probs
-    lam: float = 1.0  # conservative bias in (0, 1]; 1 = no bias
-    bc_weight: float = 0.1  # weight of the per-step BC negative log-likelihood on D_tau (z' from the prior)
+    lam: float = 0.75  # conservative bias in (0, 1]; 1 = no bias
+    bc_weight: float = 0.5  # weight of the per-step BC negative log-likelihood on D_tau (z' from the prior)
     preferred_bc_weight: float = 1.0  # weight of the mean per-step log-prob of each preferred segment
     bc_batch: int = 256
     flip_prob: float = 0.0  # label-noise model of the likelihood (< 0.5)
