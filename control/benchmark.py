@@ -39,7 +39,9 @@ _TEST_CROWD = {"num_annotators": 6, "pairs_per_annotator": 8, "segment_length": 
 
 def train_method(method: str, data: Any, crowd: Any, profile: Any, seed: int, workdir: Path,
                  progress: bool = True, **options: Any) -> Any:  # fmt: skip
-    """Forward to :func:`control.methods.train_method` (imported lazily; tests replace this function)."""
+    """Forward to :func:`control.methods.train_method` (imported lazily; tests replace this function).
+
+    Our methods get ``skills_dir`` (shared by every high-level variant of one env, method and seed)."""
     from control.methods import train_method as impl
 
     return impl(method, data, crowd, profile, seed, workdir, progress=progress, **options)
@@ -132,8 +134,9 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
             )
         return done
     t0 = time.perf_counter()
+    shared = {"skills_dir": out / env_id / f"{run.method}-skills" / f"seed{seed}"} if run.method in _OURS else {}
     policy = train_method(
-        run.method, data, crowd, profile, seed, run_dir / "work", progress=progress, **run.options
+        run.method, data, crowd, profile, seed, run_dir / "work", progress=progress, **shared, **run.options
     )
     t1 = time.perf_counter()
     episodes = evaluate_policy(

@@ -11,7 +11,9 @@ safe-cpl   VAE + CPL latent policy (skills)       -> high-level TD3 on ``r`` (:m
 
 Every stage caches its result in ``workdir`` (safetensors + a JSON sidecar keyed by a config hash):
 a rerun with the same inputs loads finished stages, and online TD3 resumes from its last checkpoint.
-``workdir/train_log.json`` records stage timings and learning curves.
+``workdir/train_log.json`` records stage timings and learning curves. ``skills_dir`` (default: ``workdir``)
+holds Safe-VPL/CPL's skills, so runs that differ only in the high level (a ``beta_reg`` sweep, online vs
+offline) can share one skill fit.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def train_method(
     seed: int,
     workdir: str | Path,
     progress: bool = True,
+    skills_dir: str | Path | None = None,
     **options: Any,
 ) -> Policy:
     """Train ``method`` (one of :data:`METHODS`) on D_tau ``data`` and ``crowd``; returns its policy.
@@ -111,7 +114,8 @@ def train_method(
     workdir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     spaces = Spaces.from_data(data)
-    run = _Run(method, data, crowd, profile, seed, workdir, progress, config, spaces)
+    run = _Run(method, data, crowd, profile, seed, workdir, progress, config, spaces,
+               skills_dir=Path(skills_dir) if skills_dir is not None else None)  # fmt: skip
     policy = run.train()
     write_json(run.log, workdir / "train_log.json")
     return policy
@@ -129,8 +133,11 @@ class _Run:
     config: MethodConfig
     spaces: Spaces
     log: dict[str, Any] = field(default_factory=dict)
+    skills_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        self.skills_dir = self.skills_dir or self.workdir
+        self.skills_dir.mkdir(parents=True, exist_ok=True)
         self.inputs = [data_fingerprint(self.data), crowd_fingerprint(self.crowd), self.profile, self.seed]
         self.log = {
             "method": self.method,
@@ -269,7 +276,7 @@ class _Run:
             cfg.vpl, latent=latent, reward_hidden=cfg.hidden[0], td3=replace(cfg.vpl.td3, hidden=cfg.hidden)
         )
         h = config_hash("skills", self.method, cpl if self.method == "safe-cpl" else vpl, *self.inputs)
-        path = self.workdir / "skills.safetensors"
+        path = self.skills_dir / "skills.safetensors"
         found = load_checkpoint(path, h)
         t0 = time.perf_counter()
         info: dict[str, Any]
@@ -311,7 +318,7 @@ class _Run:
                 module_tensors("vae", vae) | module_tensors("skill", skill),
                 {"config_hash": h, "info": info},
             )
-        self.stage("skills", time.perf_counter() - t0, **info)
+        self.stage("skills", time.perf_counter() - t0, cached=found is not None, **info)
         selection, means, _ = pick_skills(vae, mcrowd, prof.num_skills, self.seed)
         write_json(
             {

@@ -248,6 +248,12 @@ def test_train_method_is_seeded_and_reuses_finished_stages(real_env, tmp_path) -
     assert not np.array_equal(a, other)
     offline = train_method("safe-cpl", data, crowd, profile, 1, tmp_path / "d", progress=False, offline=True)
     assert np.isfinite(_actions(offline, data)).all()
+    # high-level variants share one skill fit through skills_dir
+    shared = tmp_path / "skills"
+    for name, beta in (("e", 0.0), ("f", 1.0)):
+        train_method("safe-cpl", data, crowd, profile, 1, tmp_path / name, progress=False, skills_dir=shared, beta_reg=beta)
+    stages = [json.loads((tmp_path / n / "train_log.json").read_text())["stages"]["skills"] for n in "ef"]
+    assert [s["cached"] for s in stages] == [False, True] and not (tmp_path / "f" / "skills.safetensors").exists()
 
 
 def test_online_training_resumes_from_its_checkpoint(real_env, tmp_path) -> None:
