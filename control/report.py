@@ -260,12 +260,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m control.report", description=__doc__.split("\n")[0])
     p.add_argument("out", type=Path, help="benchmark results directory (python -m control.benchmark --out)")
     p.add_argument("--shift", type=Path, help="a second results directory (e.g. the 10:1 crowd) to compare with")
-    p.add_argument("--title", default="", help="title of RESULTS.md")
+    p.add_argument("--title", default="", help="title of RESULTS.md (default: keep the current one)")
     args = p.parse_args(argv)
-    base = write_report(args.out, args.title)
+    previous = args.out / "RESULTS.md"
+    title = args.title or (previous.read_text().splitlines()[0].lstrip("# ") if previous.exists() else "")
+    base = write_report(args.out, title)
     print(f"wrote {args.out / 'summary.json'}, {args.out / 'RESULTS.md'}")
     if args.shift:
-        shifted = write_report(args.shift, args.title)
+        shifted = summarise(args.shift)
         shift = crowd_shift(base, shifted)
         write_json(shift, args.shift / "crowd_shift.json")
         text = crowd_shift_markdown(shift, str(args.out), str(args.shift))
