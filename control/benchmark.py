@@ -41,7 +41,8 @@ def train_method(method: str, data: Any, crowd: Any, profile: Any, seed: int, wo
                  progress: bool = True, **options: Any) -> Any:  # fmt: skip
     """Forward to :func:`control.methods.train_method` (imported lazily; tests replace this function).
 
-    Our methods get ``skills_dir`` (shared by every high-level variant of one env, method and seed)."""
+    Our methods get ``skills_dir``, shared by every high-level variant of one env, method and seed (with
+    ``--workers``, variants that start at the same time may each fit the skills once; writes are atomic)."""
     from control.methods import train_method as impl
 
     return impl(method, data, crowd, profile, seed, workdir, progress=progress, **options)
