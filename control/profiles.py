@@ -59,7 +59,7 @@ PROFILES: dict[str, Profile] = {
         Profile("quick", data_episodes=120, vae_steps=2_000, skill_steps=5_000, td3_steps=20_000,
                 eval_episodes=5, num_skills=4, latent_dim=4),
         # sized to the budget of <= 45 min per env and seed on 2 cores (`--workers 2`): 100k env steps
-        # per online run (the paper's 3e5 would take ~2 h per run on one CPU core)
+        # per online run (measured 630-820 s per TD3 run; the paper's 3e5 would take ~2 h per env and seed)
         Profile("paper", data_episodes=400, vae_steps=10_000, skill_steps=30_000, td3_steps=100_000,
                 eval_episodes=10, num_skills=8, latent_dim=8),
     )
