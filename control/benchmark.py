@@ -178,7 +178,7 @@ def _run_job(env_id: str, run: RunSpec, seed: int, spec: Any, profile: Any, args
     try:
         key = (env_id, seed)
         if key not in _CACHE:
-            data = load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=False)
+            data = load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
             _CACHE.clear()
             _CACHE[key] = (data, make_crowd(data, spec.with_overrides(seed=spec.seed + seed)))
         data, crowd = _CACHE[key]
@@ -285,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(name)
         tqdm.write(f"run {name} failed:\n{error}")
 
-    jobs = []
-    for env_id in env_ids:  # D_tau is generated here, once per env, before any worker reads the cache
-        load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
-        jobs += [(env_id, run, seed) for seed in args.seeds for run in runs]
+    jobs = [(env_id, run, seed) for env_id in env_ids for seed in args.seeds for run in runs]
     if args.workers == 1:
         for env_id, run, seed in jobs:
             bar.set_postfix_str(f"{get_spec(env_id).alias} {run.key} s{seed}")
@@ -299,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import multiprocessing
 
+        for env_id in env_ids:  # D_tau is generated once per env here, before any worker reads the cache
+            load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {
                 pool.submit(_run_job, env_id, run, seed, spec, profile, args, False): f"{env_id}/{run.key}/seed{seed}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,17 @@ THROTTLE = {"oracle": -0.3, "task-only": -1.0, "rc": -0.5, "sopl": -0.35, "safe-
 class FakeTrainer:
     """Records its calls; returns constant-throttle policies (RC's throttle moves with omega)."""
 
-    def __init__(self, fail: str | None = None) -> None:
+    def __init__(self, fail: str | None = None, throttle: dict[str, float] | None = None) -> None:
         self.calls: list[tuple[str, int, dict]] = []
         self.fail = fail
+        self.throttle = throttle or THROTTLE
 
     def __call__(self, method, data, crowd, profile, seed, workdir, progress=True, **options):
         assert len(data) > 0 and crowd.labels.shape[0] == crowd.pairs.shape[0]
         self.calls.append((method, seed, options))
         if method == self.fail:
             raise RuntimeError("boom")
-        throttle = -0.2 - 0.8 * options["omega"] if "omega" in options else THROTTLE[method]
+        throttle = -0.2 - 0.8 * options["omega"] if "omega" in options else self.throttle[method]
         return lambda obs: np.array([throttle, 0.0], dtype=np.float32)
 
 
@@ -148,10 +148,8 @@ def test_crowd_shift_reports_how_far_each_method_moves(tmp_path: Path, monkeypat
     from control import report
 
     assert _run(tmp_path, FakeTrainer(), monkeypatch) == 0
-    shifted = FakeTrainer()
-    THROTTLE_10TO1 = dict(THROTTLE, rc=-0.9)  # RC follows the majority: faster and costlier
+    shifted = FakeTrainer(throttle=dict(THROTTLE, rc=-0.9))  # RC follows the majority: faster and costlier
     monkeypatch.setattr(benchmark, "train_method", shifted)
-    monkeypatch.setattr(sys.modules[__name__], "THROTTLE", THROTTLE_10TO1)
     args = ["--envs", "Run", "--methods", "oracle", "task-only", "rc", "--seeds", "0", "1", "--profile", "test",
             "--crowd", "control/crowds/imbalanced_10to1.yaml", "--out", str(tmp_path / "shifted"),
             "--data-root", str(tmp_path / "data"), "--no-progress"]  # fmt: skip
