@@ -1,4 +1,5 @@
-"""Downstream baselines that train one policy directly on one scalar reward, with TRL ``GRPOTrainer``.
+"""Downstream baselines that train one policy directly on one scalar reward, with TRL ``GRPOTrainer`` or
+best-of-n fine-tuning (:mod:`.best_of_n`, TRL ``SFTTrainer`` on each prompt's best sampled completion).
 
 The paper compares its skill router with policies trained on a reward:
 
@@ -8,7 +9,7 @@ The paper compares its skill router with policies trained on a reward:
   fitted once, before training, that puts r_hat on r_new's scale (see :func:`fit_scale`).
 * **Oracle**: r_new - penalty * cost with the true safety cost (text world only).
 
-Each is a LoRA adapter on the same base as the skills, trained by TRL's GRPO (no second RL loop) and
+Each is a LoRA adapter on the same base as the skills, trained by TRL (no hand-written RL loop) and
 saved as a plain PEFT adapter directory (``PeftModel.from_pretrained(base, output_dir)`` loads it)
 plus ``policy.json`` (what was trained, how, and held-out reward / cost before and after), written
 last and atomically: a directory without ``policy.json`` is an unfinished run.
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from accelerate import PartialState
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
+from .best_of_n import train_best_of_n
 from .core.atomic import write_json
 from .rewards import BatchRewardFn, RewardFn, as_text, as_trl_reward, load_reward
 from .textworld import TextWorld, parse_response, safety_cost
@@ -55,6 +58,7 @@ __all__ = [
 ]
 
 METHODS = ("task-only", "rc", "oracle")
+OPTIMIZERS = ("grpo", "best-of-n")
 SCALINGS = ("match-task", "standardize", "minmax")
 TEXTWORLD = "textworld"
 
@@ -107,6 +111,16 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
         default=4, metadata={"help": "RC and learned-reward mixes: reference completions sampled per prompt to fit the r_hat scaling."}
     )
     oracle_penalty: float = field(default=1.0, metadata={"help": "Oracle only: r = r_new - penalty * safety cost."})
+    optimizer: str = field(
+        default="grpo",
+        metadata={"help": "How the reward is optimised: 'grpo' (TRL GRPOTrainer; max_steps, num_generations, beta) or "
+                  "'best-of-n' (RAFT: bon_rounds rounds of SFT on each prompt's best of bon_samples completions; "
+                  "learns prompt-conditioned refusals on the tiny text-world base where GRPO does not).",
+                  "choices": list(OPTIMIZERS)},
+    )
+    bon_rounds: int = field(default=3, metadata={"help": "best-of-n: rounds of sample -> score -> SFT."})
+    bon_samples: int = field(default=8, metadata={"help": "best-of-n: completions sampled per prompt per round."})
+    bon_epochs: float = field(default=8.0, metadata={"help": "best-of-n: SFT epochs over a round's best completions."})
     base_model: str = field(default="", metadata={"help": "Base causal LM (the skills' base): local path or hub name."})
     dtype: str = field(default="float32", metadata={"help": "Base model dtype: float32, bfloat16 or float16."})
     prompts: str = field(
@@ -146,6 +160,10 @@ class BaselineConfig(CPUFriendlyDefaults, GRPOConfig):
             raise ValueError(f"pooled_reward_scaling must be one of {SCALINGS}, got {self.pooled_reward_scaling!r}")
         if self.pooled_reward_format not in ("standard", "conversational"):
             raise ValueError(f"pooled_reward_format must be standard or conversational, got {self.pooled_reward_format!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer == "best-of-n" and (self.bon_rounds < 1 or self.bon_samples < 2):
+            raise ValueError(f"best-of-n needs bon_rounds >= 1 and bon_samples >= 2, got {self.bon_rounds}, {self.bon_samples}")
         if self.reward_weights is not None:
             raise ValueError("reward_weights is set by the method (objective 1, monitors 0); leave it unset")
         super().__post_init__()
@@ -400,8 +418,25 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__}
 
 
+def _train_grpo(args: BaselineConfig, model: Any, tokenizer: Any, objective: BatchRewardFn,
+                monitors: list[BatchRewardFn], prompts: list[Any]) -> tuple[Any, list[dict], int, bool]:
+    """GRPO + LoRA on the objective (monitors logged at weight 0): policy, reward curve, steps, main process?"""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([{"prompt": _as_conversation(p, tokenizer)} for p in prompts])
+    trainer = GRPOTrainer(model=model, reward_funcs=[objective, *monitors], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=_lora(args))
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.accelerator.wait_for_everyone()
+    keep = ("reward", "rc/", "safe_rlhf/")  # rewards and what a mixed or constrained objective logs
+    curve = [{k: v for k, v in h.items() if k == "step" or k.startswith(keep)}
+             for h in trainer.state.log_history if "reward" in h]
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    return policy, curve, trainer.state.global_step, trainer.accelerator.is_main_process
+
+
 def train_baseline(args: BaselineConfig, build: ObjectiveBuilder = build_objective) -> Path:
-    """Train the baseline named by ``args.method`` with GRPO + LoRA and save it to ``args.output_dir``.
+    """Train the baseline named by ``args.method`` (GRPO or best-of-n, + LoRA) and save it to ``args.output_dir``.
 
     ``build(args, task, world, reference)`` makes the objective (:func:`build_objective`'s signature;
     ``reference()`` samples base completions of the training prompts on first call).
@@ -439,25 +474,18 @@ def train_baseline(args: BaselineConfig, build: ObjectiveBuilder = build_objecti
     if args.eval_samples_per_prompt > 0 and args.prompts == TEXTWORLD:
         before = heldout_report(model, tokenizer, world, task, args.eval_samples_per_prompt, **sampling)
 
-    from datasets import Dataset
-
-    dataset = Dataset.from_list([{"prompt": _as_conversation(p, tokenizer)} for p in prompts])
     out = Path(args.output_dir)
     (out / "policy.json").unlink(missing_ok=True)  # a directory without policy.json is an unfinished run
-    trainer = GRPOTrainer(model=model, reward_funcs=[objective, *monitors], args=args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=_lora(args))
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if args.optimizer == "best-of-n":
+        policy, curve, steps = train_best_of_n(args, model, tokenizer, objective, prompts, _lora(args))
+        main_process = PartialState().is_main_process
+    else:
+        policy, curve, steps, main_process = _train_grpo(args, model, tokenizer, objective, monitors, prompts)
     seconds = time.perf_counter() - start
-    trainer.accelerator.wait_for_everyone()
-    if not trainer.accelerator.is_main_process:
+    if not main_process:
         return out
-    policy = trainer.accelerator.unwrap_model(trainer.model)
     policy.save_pretrained(str(out), safe_serialization=True)  # adapter only: what a skill directory holds
-
-    logs = trainer.state.log_history
-    keep = ("reward", "rc/", "safe_rlhf/")  # rewards and what a mixed or constrained objective logs
-    curve = [{k: v for k, v in h.items() if k == "step" or k.startswith(keep)} for h in logs if "reward" in h]
     training = args.to_dict()
     manifest = {
         "kind": "baseline-policy",
@@ -466,7 +494,7 @@ def train_baseline(args: BaselineConfig, build: ObjectiveBuilder = build_objecti
         "adapter": ".",
         "prompts": {"source": args.prompts, "count": len(prompts)},
         "monitors": [m.__name__ for m in monitors],
-        "metrics": {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step, "reward_curve": curve},
+        "metrics": {"train_seconds": round(seconds, 1), "steps": steps, "reward_curve": curve},
         "config_hash": hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()[:16],
         "training": training,
         "versions": _versions(),

@@ -61,6 +61,8 @@ class RelatedBaselineConfig(BaselineConfig):
             raise ValueError("need cost_budget >= 0, lambda_lr >= 0 and 0 <= lambda_init <= lambda_max")
         if self.vpl_latent not in ("prior-mean", "best-match"):
             raise ValueError(f"vpl_latent must be prior-mean or best-match, got {self.vpl_latent!r}")
+        if self.method == "safe-rlhf" and self.optimizer != "grpo":
+            raise ValueError("safe-rlhf updates its Lagrange multiplier once per GRPO batch: use optimizer grpo")
         if self.feature_pooling not in ("mean", "last"):
             raise ValueError(f"feature_pooling must be mean or last, got {self.feature_pooling!r}")
         super().__post_init__()

@@ -32,6 +32,13 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
         metadata={"help": "Discount over response tokens in f (CPL's discounted regret); < 1 weighs the opening "
                   "tokens, where a response commits to answering or refusing, above its continuation."},
     )
+    discount_from: str = field(
+        default="response",
+        metadata={"help": "Where t = 0 is in f: 'response' (its first token) or 'divergence' (the first token where "
+                  "the chosen and rejected responses differ; the shared prefix is left out of f). With 'response' "
+                  "and gamma < 1, a decision made late in a response (e.g. to stop or go on) weighs almost nothing.",
+                  "choices": ["response", "divergence"]},
+    )
     use_reference: bool = field(
         default=True,
         metadata={"help": "Score log-ratios against the frozen base (DPO-style) instead of raw log-probs."},
@@ -49,6 +56,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
             raise ValueError(f"lam must be in (0, 1], got {self.lam}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.discount_from not in ("response", "divergence"):
+            raise ValueError(f"discount_from must be 'response' or 'divergence', got {self.discount_from!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         super().__post_init__()

@@ -2,7 +2,9 @@
 
 For an annotator's latent z' the policy pi(y | x, z') is the base LM with the latent LoRA at z'.
 Each target comparison is scored with the CPL regret likelihood (core ``cpl_log_likelihood``) on
-f = alpha * sum_t gamma^t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)], with conservative bias lam.
+f = alpha * sum_t gamma^t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)], with conservative bias lam;
+t counts from the first response token, or (``discount_from: divergence``) from the first token where the
+comparison's two responses differ, the decision the annotator actually judged.
 A behaviour-cloning term on the chosen responses keeps a small model fluent (CPL alone erodes it).
 """
 
@@ -22,12 +24,15 @@ __all__ = ["SafeCPLTrainer", "reference_logps"]
 
 @torch.no_grad()
 def reference_logps(
-    model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id: int, batch_size: int = 32, gamma: float = 1.0
+    model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id: int, batch_size: int = 32, gamma: float = 1.0,
+    from_divergence: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(Discounted) summed log-prob of every chosen and rejected response under ``model`` as it is now.
+    """(Discounted) summed log-prob of every chosen and rejected response under ``model`` as it is now
+    (``from_divergence``: of the tokens from where the pair's two responses first differ, as the trainer scores).
 
     Call it before training: a freshly injected latent LoRA is zero, so this is the base model.
     """
+    shared = tokens.shared if from_divergence else [0] * len(tokens.chosen)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -37,7 +42,8 @@ def reference_logps(
     for seqs, plens in ((tokens.chosen, tokens.chosen_prompt_len), (tokens.rejected, tokens.rejected_prompt_len)):
         sums = []
         for start in tqdm(range(0, len(seqs), batch_size), desc="reference log-probs", leave=False):
-            chunk, pl = seqs[start : start + batch_size], plens[start : start + batch_size]
+            chunk = seqs[start : start + batch_size]
+            pl = [p + k for p, k in zip(plens[start : start + batch_size], shared[start : start + batch_size], strict=True)]
             ids = _pad_right(chunk, pad_token_id).to(device)
             pos = torch.arange(ids.shape[1], device=device)
             lengths = torch.tensor([len(s) for s in chunk], device=device)
@@ -56,14 +62,17 @@ class SafeCPLTrainer(LatentSetTrainer):
     def __init__(self, model, args, train_dataset, tokens: TokenizedPairs, **kwargs) -> None:
         if args.use_reference and tokens.ref_chosen is None:
             pad = kwargs["processing_class"].pad_token_id if kwargs.get("processing_class") is not None else 0
-            tokens.ref_chosen, tokens.ref_rejected = reference_logps(model.backbone, tokens, pad, gamma=args.gamma)
+            tokens.ref_chosen, tokens.ref_rejected = reference_logps(
+                model.backbone, tokens, pad, gamma=args.gamma, from_divergence=args.discount_from == "divergence")
         super().__init__(model, args, train_dataset, tokens, **kwargs)
 
     def pair_scores(self, model, inputs, z_seq):
         logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         logps, n_tokens = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"])
         f = logps
-        if self.args.gamma != 1.0:
+        if self.args.discount_from == "divergence":
+            f = sequence_logps(logits, inputs["input_ids"], inputs["divergence_mask"], self.args.gamma)[0]
+        elif self.args.gamma != 1.0:
             f = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"], self.args.gamma)[0]
         ratio = f - inputs["ref_logps"] if self.args.use_reference else f
         return {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}

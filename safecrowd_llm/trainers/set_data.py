@@ -83,6 +83,18 @@ class TokenizedPairs:
     ref_chosen: Tensor | None = None  # (N,) summed reference log-prob of each response, if computed
     ref_rejected: Tensor | None = None
 
+    @property
+    def shared(self) -> list[int]:
+        """Per row, how many leading response tokens chosen and rejected share: where the two diverge."""
+        out = []
+        for c, cp, r, rp in zip(self.chosen, self.chosen_prompt_len, self.rejected, self.rejected_prompt_len, strict=True):
+            a, b = c[cp:], r[rp:]
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            out.append(n)
+        return out
+
 
 def tokenize_pairs(tokenizer, prompts: Sequence[Any], chosen: Sequence[Any], rejected: Sequence[Any], max_length: int) -> TokenizedPairs:
     c = [tokenize_response(tokenizer, p, r, max_length) for p, r in zip(prompts, chosen, strict=True)]
@@ -136,12 +148,14 @@ class AnnotatorSetCollator:
     Output keys: ``sets`` (:class:`PreferenceSetBatch`), ``input_ids`` / ``attention_mask`` /
     ``response_mask`` ``(2M, L)`` — the M real target comparisons' chosen sequences, then their
     rejected ones —, ``pair_set`` ``(M,)`` (which annotator of the batch each comparison belongs to),
-    ``pair_slot`` ``(M,)`` (its position in the padded target part), and ``ref_logps`` ``(2M,)`` when
-    reference log-probs were precomputed.
+    ``pair_slot`` ``(M,)`` (its position in the padded target part), ``divergence_mask`` ``(2M, L)`` (the
+    response tokens from the first one where a comparison's chosen and rejected responses differ), and
+    ``ref_logps`` ``(2M,)`` when reference log-probs were precomputed.
     """
 
     def __init__(self, tokens: TokenizedPairs, pad_token_id: int) -> None:
         self.tokens, self.pad = tokens, pad_token_id
+        self.shared = tokens.shared
 
     def __call__(self, items: Sequence[dict[str, PreferenceSet]]) -> dict[str, Any]:
         sets = pad_sets([it["context"] for it in items], [it["target"] for it in items])
@@ -159,11 +173,14 @@ class AnnotatorSetCollator:
         lengths = torch.tensor([len(s) for s in seqs])
         attention_mask = positions < lengths[:, None]
         response_mask = attention_mask & (positions >= torch.tensor(plens)[:, None])
+        shared = torch.tensor([self.shared[r] for r in rows] * 2, dtype=torch.long)
+        divergence_mask = response_mask & (positions >= torch.tensor(plens)[:, None] + shared[:, None])
         batch = {
             "sets": sets,
             "input_ids": input_ids,
             "attention_mask": attention_mask.long(),
             "response_mask": response_mask,
+            "divergence_mask": divergence_mask,
             "pair_set": torch.tensor(pair_set),
             "pair_slot": torch.tensor(pair_slot),
         }

@@ -1,4 +1,4 @@
-"""The downstream baselines (Task-only, RC(omega), Oracle): GRPO + LoRA through TRL, a loadable adapter +
+"""The downstream baselines (Task-only, RC(omega), Oracle): GRPO or best-of-n + LoRA through TRL, a loadable adapter +
 policy.json, RC's exact reward mix, clear errors, and GRPO actually raising a reward on a tiny model."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from safecrowd_llm.baselines import (
     load_prompts,
     train_baseline,
 )
+from safecrowd_llm.best_of_n import best_of_n_rows
 from safecrowd_llm.rewards import load_reward
 from safecrowd_llm.textworld import ResponseSpec, TextWorld, helpfulness
 from safecrowd_llm.tiny_base import build_tiny_model, sample_completions, train_tokenizer, world_texts
@@ -198,3 +199,61 @@ def test_grpo_raises_the_task_reward_of_sampled_completions(tmp_path):
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
     curve = json.loads((out / "policy.json").read_text())["metrics"]["reward_curve"]
     assert len(curve) == 4 and all("rewards/task/mean" in h for h in curve)
+
+
+# ------------------------------------------------------------------------------------------ best-of-n
+def test_best_of_n_rows_keep_each_prompts_best_completion():
+    rows = best_of_n_rows(["p0", "p1"], ["a", "b", "c", "d", "e", "f"], [0.1, 0.9, 0.5, 0.2, 0.2, 0.0], n=3)
+    assert [r["completion"][0]["content"] for r in rows] == ["b", "d"]  # ties go to the first sample
+    assert [r["prompt"][0]["content"] for r in rows] == ["p0", "p1"] and [r["reward"] for r in rows] == [0.9, 0.2]
+    with pytest.raises(ValueError, match="expected 3 completions and rewards per prompt for 2 prompts"):
+        best_of_n_rows(["p0", "p1"], ["a"] * 5, [0.0] * 5, n=3)
+
+
+def test_optimizer_is_validated():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        BaselineConfig(output_dir="unused", optimizer="ppo", use_cpu=True)
+    with pytest.raises(ValueError, match="bon_samples >= 2"):
+        BaselineConfig(output_dir="unused", optimizer="best-of-n", bon_samples=1, use_cpu=True)
+
+
+def test_best_of_n_raises_the_task_reward_and_resumes_after_the_last_round(tmp_path):
+    """Two best-of-n rounds on e_fraction raise held-out samples' reward; each round's adapter is kept, and a
+    rerun with one more round trains only that round. ~20 s; measured 0.073 -> 0.135 (slower than GRPO here:
+    supervised steps on the best of 16 random strings only push the best up, nothing down)."""
+    world = TextWorld.from_yaml()
+    tok = train_tokenizer(world_texts(world))
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    with torch.no_grad():  # as in the GRPO test: peaked next-token distributions that LoRA can move
+        model.model.embed_tokens.weight.mul_(12.0)
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    settings = {**TINY, "max_completion_length": 16, "learning_rate": 3e-2, "lr_scheduler_type": "constant",
+                "per_device_train_batch_size": 16}
+
+    def run(rounds: int):
+        args = BaselineConfig(output_dir=str(tmp_path / "policy"), method="task-only", optimizer="best-of-n",
+                              task_reward=f"{__name__}.e_fraction", base_model=str(tmp_path / "base"),
+                              eval_samples_per_prompt=0, bon_rounds=rounds, bon_samples=16, bon_epochs=6, **settings)
+        out = train_baseline(args)
+        return out, json.loads((out / "policy.json").read_text())["metrics"]
+
+    out, metrics = run(2)
+    prompts = [p.text for p in world.split_prompts()[1]]  # held out from training
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), str(out))
+
+    def mean_reward(m) -> float:
+        texts = sample_completions(m, tok, prompts, n=8, max_new_tokens=16, seed=1)
+        return statistics.fmean(e_fraction("", t) for t in texts)
+
+    before, after = mean_reward(model), mean_reward(policy)
+    assert after > before + 0.03, (before, after, metrics)
+    curve = metrics["reward_curve"]
+    assert [c["round"] for c in curve] == [0, 1] and all(c["reward_best_of_n"] >= c["reward"] for c in curve)
+    assert curve[1]["reward"] > curve[0]["reward"]  # round 1 samples from the round-0 policy
+    assert (out / "bon_round_0" / "adapter_model.safetensors").exists() and (out / "bon_round_1").is_dir()
+    steps_per_round = metrics["steps"] // 2
+
+    _, resumed = run(3)
+    assert resumed["steps"] == steps_per_round and [c["round"] for c in resumed["reward_curve"]] == [0, 1, 2]
+    assert resumed["reward_curve"][:2] == curve

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,45 @@ def test_sequence_logps_discounts_response_tokens_from_the_first_one() -> None:
         got, n = sequence_logps(logits, ids, resp, gamma=0.7)
         assert torch.allclose(got[row], expected) and n[row] == on.sum()
     assert torch.allclose(sequence_logps(logits, ids, resp)[0], (token_logp * resp[:, 1:]).sum(-1))
+
+
+def test_divergence_mask_starts_where_chosen_and_rejected_first_differ(setup) -> None:
+    from safecrowd_llm.trainers.set_data import AnnotatorSetCollator, TokenizedPairs
+
+    hand = TokenizedPairs(chosen=[[7, 8, 1, 2, 3, 4], [7, 5, 6]], chosen_prompt_len=[2, 1],
+                          rejected=[[7, 8, 1, 2, 9], [7, 9]], rejected_prompt_len=[2, 1])
+    assert hand.shared == [2, 0]  # response tokens (1, 2) shared, then 3 vs 9; row 1 differs at once
+
+    tokens = setup["tokens"]
+    item = AnnotatorSetDataset(setup["crowd"], (2, 2), 4, seed=0)[0]
+    batch = AnnotatorSetCollator(tokens, pad_token_id=0)([item])
+    rows = item["target"].ids.tolist()
+    resp, div = batch["response_mask"], batch["divergence_mask"]
+    for i, row in enumerate(rows):
+        for j, plen in ((i, tokens.chosen_prompt_len[row]), (i + len(rows), tokens.rejected_prompt_len[row])):
+            assert int(div[j].nonzero().min()) == plen + tokens.shared[row]
+            assert int(div[j].sum()) == int(resp[j].sum()) - tokens.shared[row]
+
+
+def test_cpl_from_divergence_scores_only_the_tokens_after_the_shared_prefix(setup, tmp_path):
+    """The reference log-probs (and hence f) leave out the shared prefix: a pair whose responses share a prefix has a
+    smaller |ref log-prob| from the divergence than from the response start; training runs on that f and moves
+    every latent-LoRA matrix. (Whether it learns better is measured on the text world: BENCHMARKS.md.)"""
+    from safecrowd_llm.trainers.safe_cpl_trainer import reference_logps
+
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, max_steps=4, learning_rate=1e-2, logging_steps=1,
+                           discount_from="divergence", gamma=0.9)
+    tokens = setup["tokens"]
+    full = reference_logps(trainer.model.backbone, tokens, 0, gamma=0.9)[0]
+    div = reference_logps(trainer.model.backbone, tokens, 0, gamma=0.9, from_divergence=True)[0]
+    shared = torch.tensor(tokens.shared)
+    assert (shared > 0).any() and (shared == 0).any()
+    torch.testing.assert_close(div[shared == 0], full[shared == 0])
+    assert (div[shared > 0].abs() < full[shared > 0].abs()).all()
+    lora = {n: p.detach().clone() for n, p in trainer.model.backbone.named_parameters() if "lora" in n and p.requires_grad}
+    trainer.train()
+    moved = {n: not torch.equal(p, lora[n]) for n, p in trainer.model.backbone.named_parameters() if n in lora}
+    assert moved and all(moved.values()), moved
+    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+    with pytest.raises(ValueError, match="discount_from"):
+        SafeCPLConfig(output_dir=str(tmp_path), discount_from="middle", use_cpu=True)
