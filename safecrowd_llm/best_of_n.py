@@ -6,7 +6,7 @@ of every prompt. It needs no critic and no within-group reward variance, which i
 the tiny text-world base: once every completion in a hazardous prompt's group is an answer, GRPO's
 advantage is zero, while best-of-n still finds the one refusal among n samples and trains on it.
 
-After every round the adapter is saved to ``output_dir/bon_round_<r>/`` (atomically); a rerun resumes
+After every round the adapter is saved to ``<work_dir>/bon_round_<r>/`` (atomically); a rerun resumes
 after the last saved round.
 """
 
@@ -49,10 +49,10 @@ def best_of_n_rows(prompts: list[Any], completions: list[str], rewards: list[flo
     return rows
 
 
-def _sft_args(args: Any, round_: int) -> SFTConfig:
-    """The SFT step of a round, from the baseline's config (learning rate, batch, CPU/precision, seed)."""
+def _sft_args(args: Any, round_: int, work_dir: Path) -> SFTConfig:
+    """The SFT step of a round, from the caller's config (learning rate, batch, CPU/precision, seed)."""
     return SFTConfig(
-        output_dir=str(Path(args.output_dir) / "bon_sft"),
+        output_dir=str(work_dir / "bon_sft"),
         num_train_epochs=args.bon_epochs,
         per_device_train_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -78,13 +78,15 @@ def _last_round(out: Path) -> int:
 
 
 def train_best_of_n(args: Any, model: Any, tokenizer: Any, objective: BatchRewardFn, prompts: list[Any],
-                    lora: Any) -> tuple[PeftModel, list[dict], int]:
+                    lora: Any, work_dir: str | Path | None = None) -> tuple[PeftModel, list[dict], int]:
     """Wrap ``model`` in the ``lora`` adapter and run ``args.bon_rounds`` best-of-n rounds on ``objective``.
 
+    ``args``: ``bon_rounds``, ``bon_samples``, ``bon_epochs``, ``temperature``, ``max_completion_length`` and the
+    usual ``TrainingArguments`` fields; rounds are kept under ``work_dir`` (default ``args.output_dir``).
     Returns the policy, the per-round curve (mean and best-of-n reward of the round's samples, SFT loss)
     and the number of optimiser steps taken in this call.
     """
-    out = Path(args.output_dir)
+    out = Path(work_dir or args.output_dir)
     policy = get_peft_model(model, lora)
     start = _last_round(out) + 1
     curve: list[dict] = []
@@ -100,7 +102,7 @@ def train_best_of_n(args: Any, model: Any, tokenizer: Any, objective: BatchRewar
                                          max_new_tokens=args.max_completion_length, seed=args.seed + r)
         rewards = [float(x) for x in objective([p for p in texts for _ in range(n)], completions)]
         rows = best_of_n_rows(texts, completions, rewards, n)
-        trainer = SFTTrainer(model=policy, args=_sft_args(args, r), processing_class=tokenizer,
+        trainer = SFTTrainer(model=policy, args=_sft_args(args, r, out), processing_class=tokenizer,
                              train_dataset=Dataset.from_list([{k: v for k, v in row.items() if k != "reward"}
                                                               for row in rows]))
         result = trainer.train()

@@ -7,7 +7,7 @@
 
 Stages (each a recipe a user can also run by hand; a finished stage is skipped, so a stopped run resumes):
 crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only) ->
-baselines (Task-only, Oracle, RC(omega) with GRPO) [-> related systems, with --related] -> evaluation table +
+baselines (Task-only, Oracle, RC(omega) by best-of-n fine-tuning) [-> related systems, with --related] -> evaluation table +
 reward-vs-cost plot.
 Runs from a checkout (the recipes and their YAML configs live in ``recipes/``).
 """
@@ -40,7 +40,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "skills": ["--max_steps", "200", "--per_device_train_batch_size", "8"],
         "pooled_reward": ["--max_steps", "100"],
         "router": ["--samples_per_prompt", "2"],
-        "baseline": ["--max_steps", "40"],
+        "baseline": ["--bon_rounds", "2", "--max_steps", "40"],  # best-of-n rounds; GRPO steps (related systems)
         "vpl_skills": ["--max_steps", "200", "--per_device_train_batch_size", "8"],
         "psoups": ["--max_steps", "40", "--grid_step", "0.5", "--search_prompts", "16"],
         "evaluate": ["--samples_per_prompt", "2"],
