@@ -467,7 +467,7 @@ def train_baseline(args: BaselineConfig, build: ObjectiveBuilder = build_objecti
         return [p for p in ref_prompts for _ in range(args.scaling_samples)], ref_completions
 
     objective, info = build(args, task, world, reference)
-    monitors = _monitors(args, task, world if in_world else None)
+    monitors = _monitors(args, task, world if in_world else None) if args.optimizer == "grpo" else []
     args.reward_weights = [1.0] + [0.0] * len(monitors)
 
     before = None

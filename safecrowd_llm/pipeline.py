@@ -40,7 +40,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "skills": ["--max_steps", "200", "--per_device_train_batch_size", "8"],
         "pooled_reward": ["--max_steps", "100"],
         "router": ["--samples_per_prompt", "2"],
-        "baseline": ["--bon_rounds", "2", "--max_steps", "40"],  # best-of-n rounds; GRPO steps (related systems)
+        "baseline": ["--max_steps", "40"],  # GRPO steps (related systems); best-of-n keeps its 3 rounds (2 leave the Oracle unsafe)
         "vpl_skills": ["--max_steps", "200", "--per_device_train_batch_size", "8"],
         "psoups": ["--max_steps", "40", "--grid_step", "0.5", "--search_prompts", "16"],
         "evaluate": ["--samples_per_prompt", "2"],
