@@ -18,6 +18,7 @@ offline) can share one skill fit.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -68,6 +69,7 @@ class MethodConfig:
 
     omega: float = 0.5  # RC's reward weight
     beta_reg: float = 0.1  # prior regulariser of the high-level policy (relative to the normalised Q)
+    prior_target: str | None = None  # "annotators": keep E[log p(z')] >= the annotators' mean log p(E[z'|S]) (beta_reg learned)
     offline: bool = False  # high-level policy trained offline on D_tau with the BC term (Eq. 12)
     cost_penalty: float | None = None  # Oracle's/SOPL's K; None = default_cost_penalty(D_tau rewards)
     update_every: int = 2  # env steps per TD3 update online (2 halves the compute of a quick run)
@@ -349,6 +351,14 @@ class _Run:
         vae, skill = self.skills()
         cfg = self.config
         comp = replace(cfg.composition, beta_reg=cfg.beta_reg, td3=self.td3_config())
+        if cfg.prior_target == "annotators":  # the typical log-density of real users' posterior means
+            means = json.loads((self.workdir / "skill_latents.json").read_text())["posterior_means"]
+            with torch.no_grad():
+                target = float(vae.prior.log_prob(torch.tensor(list(means.values()))).mean())
+            comp = replace(comp, prior_target=target)
+            self.log["prior_target"] = target
+        elif cfg.prior_target is not None:
+            raise ValueError(f"prior_target must be None or 'annotators', got {cfg.prior_target!r}")
         agent = HighLevelTD3(
             self.spaces.obs_dim,
             self.spaces.act_dim,

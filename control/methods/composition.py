@@ -34,7 +34,11 @@ class CompositionConfig:
     """The high-level policy over frozen skills."""
 
     td3: TD3Config = field(default_factory=TD3Config)
-    beta_reg: float = 0.1  # prior regulariser, relative to the normalised Q (unit scale)
+    beta_reg: float = 0.1  # prior regulariser, relative to the normalised Q (unit scale); the start value with a target
+    # Constrained variant: keep E[log p(pi_h(s))] >= prior_target by dual ascent on beta_reg (None = fixed beta_reg).
+    prior_target: float | None = None
+    beta_lr: float = 1e-3  # dual step per actor update, per nat of violation
+    beta_max: float = 1.0
     beta_bc: float = 0.4  # offline BC weight (TD3+BC's alpha = 2.5 gives the same 1 : 0.4 balance)
     latent_bound: float = 3.0
     z_exploration_noise: float = 0.3  # std of exploration noise on z' (prior std is 1)
@@ -77,6 +81,7 @@ class HighLevelTD3(TD3):
         self.prior = prior.requires_grad_(False)
         self.comp = config
         self.beta_bc = config.beta_bc if offline else 0.0
+        self.beta = torch.tensor(float(config.beta_reg))  # the multiplier, learned when prior_target is set
 
     def _bound(self, z: Tensor) -> Tensor:
         return z.clamp(-self.comp.latent_bound, self.comp.latent_bound)
@@ -113,17 +118,31 @@ class HighLevelTD3(TD3):
         u = self.skill(x, z)
         q = self.critic.q1_only(x, u)
         q_norm = q / q.abs().mean().detach().clamp(min=1e-6)
+        log_p = self.prior.log_prob(z)
         loss, metrics = high_level_loss(
             q_norm,
-            self.prior.log_prob(z),
-            beta_reg=self.comp.beta_reg,
+            log_p,
+            beta_reg=float(self.beta),
             action=u,
             data_action=u_data,
             beta_bc=self.beta_bc,
         )
         metrics["actor_q"] = q.mean().item()
         metrics["z_norm"] = z.norm(dim=-1).mean().item()
+        metrics["log_prior"] = log_p.mean().item()
+        c = self.comp
+        if c.prior_target is not None:  # dual ascent: raise beta while pi_h sits below the target log-density
+            self.beta = (self.beta + c.beta_lr * (c.prior_target - metrics["log_prior"])).clamp(0.0, c.beta_max)
+            metrics["beta_reg"] = float(self.beta)
         return loss, metrics
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return super().state_tensors() | {"beta_reg": self.beta.clone()}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        if "beta_reg" in tensors:
+            self.beta = tensors["beta_reg"].clone()
+        super().load_state_tensors({k: v for k, v in tensors.items() if k != "beta_reg"})
 
 
 def train_offline_high_level(

@@ -9,6 +9,7 @@ personal goal alone would favour.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -109,10 +110,10 @@ class _TanhSkill(nn.Module):
         return torch.tanh(z[..., :1]).expand(*s.shape[:-1], 1)
 
 
-def _train_high_level(beta_reg: float) -> float:
+def _train_high_level(beta_reg: float, **target) -> float:
     """Train pi_h where the task rewards the largest action; returns mean |z'|."""
     cfg = CompositionConfig(
-        td3=TD3Config(hidden=(32, 32), batch_size=64, actor_lr=1e-3, critic_lr=3e-3), beta_reg=beta_reg
+        td3=TD3Config(hidden=(32, 32), batch_size=64, actor_lr=1e-3, critic_lr=3e-3), beta_reg=beta_reg, **target
     )
     agent = HighLevelTD3(2, 1, _TanhSkill(), StandardNormalPrior(2), cfg, seed=0)
     rng = np.random.default_rng(0)
@@ -131,6 +132,14 @@ def test_prior_regulariser_pulls_the_high_level_latent_towards_the_prior_mode() 
     free, regularised = _train_high_level(0.0), _train_high_level(10.0)
     assert free > 1.5  # the task alone drives z' out towards the bound (tanh(z) -> 1)
     assert regularised < 0.5  # a large beta_reg keeps z' near the prior's mode 0
+
+
+def test_a_prior_target_learns_beta_reg_that_holds_the_log_density() -> None:
+    """With beta_reg starting at 0 the task drives z' to the bound (|z'| > 1.5 above); a log-density target
+    of N(0, I) at |z'| = 1 (log p = -log 2 pi - 1/2) makes dual ascent raise beta_reg until z' comes back."""
+    target = -math.log(2 * math.pi) - 0.5
+    held = _train_high_level(0.0, prior_target=target, beta_lr=0.05, beta_max=20.0)
+    assert held < 1.3, held
 
 
 def test_rc_mixes_rewards_as_defined() -> None:
