@@ -87,7 +87,8 @@ def _fmt(v: Any) -> str:
 
 
 def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: list[float] | None = None,
-              offline: bool = False, prior_target: str | None = None) -> list[RunSpec]:  # fmt: skip
+              offline: bool = False, prior_target: str | None = None,
+              beta_switch: float | None = None) -> list[RunSpec]:  # fmt: skip
     """Expand methods with the ablation sweeps (RC per omega; ours per beta_reg, optionally offline or with a
     learned beta_reg that holds a prior log-density target)."""
     out: list[RunSpec] = []
@@ -96,6 +97,7 @@ def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: 
             out += [RunSpec("rc", {"omega": float(w)}) for w in omegas]
         elif m in _OURS:
             extra = ({"offline": True} if offline else {}) | ({"prior_target": prior_target} if prior_target else {})
+            extra |= {"beta_switch": float(beta_switch)} if beta_switch else {}
             out += (
                 [RunSpec(m, {"beta_reg": float(b), **extra}) for b in beta_regs]
                 if beta_regs
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ours: learn beta_reg by dual ascent so that E[log p(z')] stays >= the annotators' mean log-density "
         "(--beta-regs then sets its start value)",
     )
+    p.add_argument("--beta-switch", type=float,
+                   help="ours: weight on ||pi_h(s) - pi_h(s')||^2, so the high level commits to a skill (0 = off)")
     p.add_argument("--flip-prob", type=float, help="override the crowd's label flip probability")
     p.add_argument("--num-annotators", type=int, help="override the crowd's number of annotators")
     p.add_argument("--eval-episodes", type=int, help="override the profile's evaluation episodes")
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides.update({k: v for k, v in (("flip_prob", args.flip_prob), ("num_annotators", args.num_annotators))
                       if v is not None})  # fmt: skip
     spec = CrowdSpec.from_yaml(args.crowd, **overrides)
-    runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline, args.prior_target)
+    runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline, args.prior_target, args.beta_switch)
     progress = not args.no_progress
     if args.workers < 1:
         raise SystemExit(f"--workers must be >= 1, got {args.workers}")

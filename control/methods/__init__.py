@@ -69,6 +69,7 @@ class MethodConfig:
 
     omega: float = 0.5  # RC's reward weight
     beta_reg: float = 0.1  # prior regulariser of the high-level policy (relative to the normalised Q)
+    beta_switch: float = 0.0  # persistence of the high level: weight on ||pi_h(s) - pi_h(s')||^2
     prior_target: str | None = None  # "annotators": keep E[log p(z')] >= the annotators' mean log p(E[z'|S]) (beta_reg learned)
     offline: bool = False  # high-level policy trained offline on D_tau with the BC term (Eq. 12)
     cost_penalty: float | None = None  # Oracle's/SOPL's K; None = default_cost_penalty(D_tau rewards)
@@ -350,7 +351,7 @@ class _Run:
     def train_ours(self) -> Policy:
         vae, skill = self.skills()
         cfg = self.config
-        comp = replace(cfg.composition, beta_reg=cfg.beta_reg, td3=self.td3_config())
+        comp = replace(cfg.composition, beta_reg=cfg.beta_reg, beta_switch=cfg.beta_switch, td3=self.td3_config())
         if cfg.prior_target == "annotators":  # the typical log-density of real users' posterior means
             means = json.loads((self.workdir / "skill_latents.json").read_text())["posterior_means"]
             with torch.no_grad():

@@ -39,6 +39,9 @@ class CompositionConfig:
     prior_target: float | None = None
     beta_lr: float = 1e-3  # dual step per actor update, per nat of violation
     beta_max: float = 1.0
+    # Persistence: penalise ||pi_h(s) - pi_h(s')||^2 between consecutive states (0 = off), so pi_h commits to a
+    # skill instead of switching between (individually safe) skills from one state to the next.
+    beta_switch: float = 0.0
     beta_bc: float = 0.4  # offline BC weight (TD3+BC's alpha = 2.5 gives the same 1 : 0.4 balance)
     latent_bound: float = 3.0
     z_exploration_noise: float = 0.3  # std of exploration noise on z' (prior std is 1)
@@ -113,6 +116,10 @@ class HighLevelTD3(TD3):
         with torch.no_grad():
             return self.skill(x, self._bound(self.prior.sample(x.shape[0], generator=self.noise_gen)))
 
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        self._next_obs = batch["next_obs"]  # the persistence term compares pi_h(s) with pi_h(s')
+        return super().update(batch)
+
     def actor_loss(self, x: Tensor, u_data: Tensor) -> tuple[Tensor, dict[str, float]]:
         z = self.actor(x)
         u = self.skill(x, z)
@@ -131,6 +138,10 @@ class HighLevelTD3(TD3):
         metrics["z_norm"] = z.norm(dim=-1).mean().item()
         metrics["log_prior"] = log_p.mean().item()
         c = self.comp
+        if c.beta_switch > 0:
+            switch = ((self.actor(self._next_obs) - z) ** 2).sum(-1).mean()
+            loss = loss + c.beta_switch * switch
+            metrics["switch"] = switch.item()
         if c.prior_target is not None:  # dual ascent: raise beta while pi_h sits below the target log-density
             self.beta = (self.beta + c.beta_lr * (c.prior_target - metrics["log_prior"])).clamp(0.0, c.beta_max)
             metrics["beta_reg"] = float(self.beta)

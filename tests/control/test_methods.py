@@ -142,6 +142,31 @@ def test_a_prior_target_learns_beta_reg_that_holds_the_log_density() -> None:
     assert held < 1.3, held
 
 
+def _switching_gap(beta_switch: float) -> float:
+    """pi_h where the best action's sign follows the state's, and every transition flips the state:
+    returns mean ||pi_h(s) - pi_h(s')|| on fresh states."""
+    cfg = CompositionConfig(td3=TD3Config(hidden=(32, 32), batch_size=64, actor_lr=1e-3, critic_lr=3e-3),
+                            beta_reg=0.0, beta_switch=beta_switch)
+    agent = HighLevelTD3(2, 1, _TanhSkill(), StandardNormalPrior(2), cfg, seed=0)
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(2, 1, 1000, seed=0)
+    for _ in range(1000):
+        x = rng.standard_normal(2).astype(np.float32)
+        u = rng.uniform(-1, 1, 1).astype(np.float32)
+        buf.add(x, u, float(u[0] * np.sign(x[0])), -x, True)
+    for _ in range(300):
+        agent.update(buf.sample(64))
+    with torch.no_grad():
+        x = torch.randn(256, 2)
+        return float((agent.latent(x) - agent.latent(-x)).norm(dim=-1).mean())
+
+
+def test_the_persistence_term_keeps_the_high_level_from_switching_skills_between_states() -> None:
+    free, persistent = _switching_gap(0.0), _switching_gap(10.0)
+    assert free > 1.0, free  # the task alone flips z' with the state
+    assert persistent < 0.5 * free, (free, persistent)
+
+
 def test_rc_mixes_rewards_as_defined() -> None:
     assert rc_mix(2.0, -4.0, 0.0) == 2.0
     assert rc_mix(2.0, -4.0, 1.0) == -4.0
