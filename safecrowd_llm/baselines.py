@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -36,8 +35,9 @@ from trl import GRPOConfig, GRPOTrainer
 
 from .best_of_n import train_best_of_n
 from .core.atomic import write_json
+from .evaluate_methods import heldout_report
 from .rewards import BatchRewardFn, RewardFn, as_text, as_trl_reward, load_reward
-from .textworld import TextWorld, parse_response, safety_cost
+from .textworld import TextWorld, safety_cost
 from .textworld.judges import make_oracle_reward
 from .tiny_base import sample_completions
 from .trainers.cpu_defaults import CPUFriendlyDefaults
@@ -369,38 +369,6 @@ def _monitors(args: BaselineConfig, task: RewardFn, world: TextWorld | None) -> 
     if world is not None:
         out.append(as_trl_reward(lambda p, c: safety_cost(p, c, world), "safety_cost"))
     return out
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-def heldout_report(model: Any, tokenizer: Any, world: TextWorld, task: RewardFn, samples_per_prompt: int = 4,
-                   max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
-    """Task reward and safety of completions sampled on the world's held-out prompts (``split_prompts()[1]``).
-
-    ``hazardous_compliance``: fraction of completions to hazardous prompts that parse as a compliance;
-    ``cost``: mean ``safety_cost`` over all completions (malformed text on a hazardous prompt costs 1), so
-    at most the hazardous fraction; ``hazardous_cost``: its mean over hazardous prompts only (at most 1).
-    """
-    prompts = world.split_prompts()[1]
-    texts = sample_completions(model, tokenizer, prompts, n=samples_per_prompt, temperature=temperature,
-                               max_new_tokens=max_new_tokens, seed=seed)
-    rows = [(prompts[i // samples_per_prompt], t) for i, t in enumerate(texts)]
-    parsed = [parse_response(t, p.text, world) for p, t in rows]
-    costs = [safety_cost(p.text, t, world) for p, t in rows]
-    hazardous = [r for (p, _), r in zip(rows, parsed, strict=True) if p.hazardous]
-    benign = [r for (p, _), r in zip(rows, parsed, strict=True) if not p.hazardous]
-
-    def mean(xs: list[float]) -> float:
-        return statistics.fmean(xs) if xs else math.nan
-
-    return {
-        "samples": len(rows),
-        "task_reward": mean([float(task(p.text, t)) for p, t in rows]),
-        "cost": mean(costs),
-        "hazardous_cost": mean([c for (p, _), c in zip(rows, costs, strict=True) if p.hazardous]),
-        "hazardous_compliance": mean([float(r is not None and not r.refused) for r in hazardous]),
-        "benign_refusal": mean([float(r is not None and r.refused) for r in benign]),
-        "parse_rate": mean([float(r is not None) for r in parsed]),
-    }
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -11,8 +11,10 @@ Pareto curve, ours' beta_reg sweep beside it).
 from __future__ import annotations
 
 import json
+import math
 import platform
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,10 @@ from tqdm.auto import tqdm
 
 from .core.atomic import atomic_path, write_json, write_text
 from .rewards import load_reward
+from .textworld import TextWorld, parse_response, safety_cost
 from .tiny_base import sample_completions
 
-__all__ = ["MethodSpec", "aggregate", "evaluate_methods", "markdown_table", "plot_reward_cost"]
+__all__ = ["MethodSpec", "aggregate", "evaluate_methods", "heldout_report", "markdown_table", "plot_reward_cost"]
 
 
 @dataclass
@@ -237,3 +240,35 @@ def plot_reward_cost(summary: dict[str, dict], path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def heldout_report(model: Any, tokenizer: Any, world: TextWorld, task: Callable[[str, str], float],
+                   samples_per_prompt: int = 4,
+                   max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0) -> dict[str, float]:
+    """Task reward and safety of completions sampled on the world's held-out prompts (``split_prompts()[1]``).
+
+    ``hazardous_compliance``: fraction of completions to hazardous prompts that parse as a compliance;
+    ``cost``: mean ``safety_cost`` over all completions (malformed text on a hazardous prompt costs 1), so
+    at most the hazardous fraction; ``hazardous_cost``: its mean over hazardous prompts only (at most 1).
+    """
+    prompts = world.split_prompts()[1]
+    texts = sample_completions(model, tokenizer, prompts, n=samples_per_prompt, temperature=temperature,
+                               max_new_tokens=max_new_tokens, seed=seed)
+    rows = [(prompts[i // samples_per_prompt], t) for i, t in enumerate(texts)]
+    parsed = [parse_response(t, p.text, world) for p, t in rows]
+    costs = [safety_cost(p.text, t, world) for p, t in rows]
+    hazardous = [r for (p, _), r in zip(rows, parsed, strict=True) if p.hazardous]
+    benign = [r for (p, _), r in zip(rows, parsed, strict=True) if not p.hazardous]
+
+    def mean(xs: list[float]) -> float:
+        return statistics.fmean(xs) if xs else math.nan
+
+    return {
+        "samples": len(rows),
+        "task_reward": mean([float(task(p.text, t)) for p, t in rows]),
+        "cost": mean(costs),
+        "hazardous_cost": mean([c for (p, _), c in zip(rows, costs, strict=True) if p.hazardous]),
+        "hazardous_compliance": mean([float(r is not None and not r.refused) for r in hazardous]),
+        "benign_refusal": mean([float(r is not None and r.refused) for r in benign]),
+        "parse_rate": mean([float(r is not None) for r in parsed]),
+    }

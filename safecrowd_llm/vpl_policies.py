@@ -20,9 +20,10 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig
 
-from .baselines import heldout_report, load_prompts
+from .baselines import load_prompts
 from .best_of_n import train_best_of_n
 from .core.atomic import write_json
+from .evaluate_methods import heldout_report
 from .latent_reward import LatentReward
 from .rewards import load_reward
 from .skills_export import SKILLS_MANIFEST, config_hash

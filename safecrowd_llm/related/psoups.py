@@ -32,9 +32,9 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer
 
-from ..baselines import heldout_report
 from ..core.atomic import write_json
 from ..data import load_preferences
+from ..evaluate_methods import heldout_report
 from ..rewards import load_reward
 from ..textworld import TextWorld
 from ..tiny_base import sample_completions

@@ -165,17 +165,30 @@ def e_fraction(prompt: str, completion: str) -> float:
     return completion.count("e") / max(len(completion), 1)
 
 
-def test_grpo_raises_the_task_reward_of_sampled_completions(tmp_path):
-    """20 GRPO steps on e_fraction (by dotted name) move the policy: held-out samples score higher, and every
-    LoRA B matrix (initialised to zero) was trained. ~20 s on one thread; measured 0.073 -> 0.24 / 0.41 for
-    seeds 0 / 1."""
+def peaked_tiny_base(path):
+    """A tiny untrained base saved to ``path``, its tokenizer, and a function giving the mean e_fraction of
+    held-out samples from any model on that tokenizer (the measure both optimiser tests use)."""
     world = TextWorld.from_yaml()
     tok = train_tokenizer(world_texts(world))
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0)
     with torch.no_grad():  # random init gives near-uniform next tokens that LoRA cannot sharpen; make it peaked
         model.model.embed_tokens.weight.mul_(12.0)
-    model.save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    prompts = [p.text for p in world.split_prompts()[1]]  # held out from training
+
+    def mean_reward(m) -> float:
+        texts = sample_completions(m, tok, prompts, n=8, max_new_tokens=16, seed=1)
+        return statistics.fmean(e_fraction("", t) for t in texts)
+
+    return model, mean_reward
+
+
+def test_grpo_raises_the_task_reward_of_sampled_completions(tmp_path):
+    """20 GRPO steps on e_fraction (by dotted name) move the policy: held-out samples score higher, and every
+    LoRA B matrix (initialised to zero) was trained. ~20 s on one thread; measured 0.073 -> 0.24 / 0.41 for
+    seeds 0 / 1."""
+    model, mean_reward = peaked_tiny_base(tmp_path / "base")
     args = BaselineConfig(
         output_dir=str(tmp_path / "policy"), method="task-only", task_reward=f"{__name__}.e_fraction",
         base_model=str(tmp_path / "base"), eval_samples_per_prompt=0, **{
@@ -186,13 +199,7 @@ def test_grpo_raises_the_task_reward_of_sampled_completions(tmp_path):
     )
     out = train_baseline(args)
 
-    prompts = [p.text for p in world.split_prompts()[1]]  # held out from training
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), str(out))
-
-    def mean_reward(m) -> float:
-        texts = sample_completions(m, tok, prompts, n=8, max_new_tokens=16, seed=1)
-        return statistics.fmean(e_fraction("", t) for t in texts)
-
     before, after = mean_reward(model), mean_reward(policy)
     assert after > before + 0.05, (before, after)
     lora_b = {k: v for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k}
@@ -221,13 +228,7 @@ def test_best_of_n_raises_the_task_reward_and_resumes_after_the_last_round(tmp_p
     """Two best-of-n rounds on e_fraction raise held-out samples' reward; each round's adapter is kept, and a
     rerun with one more round trains only that round. ~20 s; measured 0.073 -> 0.135 (slower than GRPO here:
     supervised steps on the best of 16 random strings only push the best up, nothing down)."""
-    world = TextWorld.from_yaml()
-    tok = train_tokenizer(world_texts(world))
-    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0)
-    with torch.no_grad():  # as in the GRPO test: peaked next-token distributions that LoRA can move
-        model.model.embed_tokens.weight.mul_(12.0)
-    model.save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
+    model, mean_reward = peaked_tiny_base(tmp_path / "base")
     settings = {**TINY, "max_completion_length": 16, "learning_rate": 3e-2, "lr_scheduler_type": "constant",
                 "per_device_train_batch_size": 16}
 
@@ -239,13 +240,7 @@ def test_best_of_n_raises_the_task_reward_and_resumes_after_the_last_round(tmp_p
         return out, json.loads((out / "policy.json").read_text())["metrics"]
 
     out, metrics = run(2)
-    prompts = [p.text for p in world.split_prompts()[1]]  # held out from training
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), str(out))
-
-    def mean_reward(m) -> float:
-        texts = sample_completions(m, tok, prompts, n=8, max_new_tokens=16, seed=1)
-        return statistics.fmean(e_fraction("", t) for t in texts)
-
     before, after = mean_reward(model), mean_reward(policy)
     assert after > before + 0.03, (before, after, metrics)
     curve = metrics["reward_curve"]
