@@ -88,7 +88,8 @@ def _fmt(v: Any) -> str:
 
 def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: list[float] | None = None,
               offline: bool = False, prior_target: str | None = None,
-              beta_switch: float | None = None) -> list[RunSpec]:  # fmt: skip
+              beta_switch: float | None = None, hl_prior: str = "vae", high_level: str = "td3",
+              horizon: int | None = None) -> list[RunSpec]:  # fmt: skip
     """Expand methods with the ablation sweeps (RC per omega; ours per beta_reg, optionally offline or with a
     learned beta_reg that holds a prior log-density target)."""
     out: list[RunSpec] = []
@@ -98,6 +99,9 @@ def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: 
         elif m in _OURS:
             extra = ({"offline": True} if offline else {}) | ({"prior_target": prior_target} if prior_target else {})
             extra |= {"beta_switch": float(beta_switch)} if beta_switch else {}
+            extra |= {"hl_prior": hl_prior} if hl_prior != "vae" else {}
+            extra |= {"high_level": high_level} if high_level != "td3" else {}
+            extra |= {"horizon": int(horizon)} if horizon else {}
             out += (
                 [RunSpec(m, {"beta_reg": float(b), **extra}) for b in beta_regs]
                 if beta_regs
@@ -239,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--beta-switch", type=float,
                    help="ours: weight on ||pi_h(s) - pi_h(s')||^2, so the high level commits to a skill (0 = off)")
+    p.add_argument("--hl-prior", choices=["vae", "aggregate"], default="vae",
+                   help="ours: the p(z') the high level's regulariser reads: the VAE prior N(0, I), or the aggregate "
+                   "posterior (mixture of the annotators' q(z'|S_a), whose modes are real users' skills)")
+    p.add_argument("--high-level", choices=["td3", "options"], default="td3",
+                   help="ours: 'td3' (a continuous z' every step, Eq. 11) or 'options' (one of the K skills, committed "
+                   "to for --horizon steps, SMDP Q-learning)")
+    p.add_argument("--horizon", type=int, help="ours with --high-level options: env steps per chosen skill (default 50)")
     p.add_argument("--flip-prob", type=float, help="override the crowd's label flip probability")
     p.add_argument("--num-annotators", type=int, help="override the crowd's number of annotators")
     p.add_argument("--eval-episodes", type=int, help="override the profile's evaluation episodes")
@@ -280,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides.update({k: v for k, v in (("flip_prob", args.flip_prob), ("num_annotators", args.num_annotators))
                       if v is not None})  # fmt: skip
     spec = CrowdSpec.from_yaml(args.crowd, **overrides)
-    runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline, args.prior_target, args.beta_switch)
+    runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline, args.prior_target, args.beta_switch,
+                     args.hl_prior, args.high_level, args.horizon)
     progress = not args.no_progress
     if args.workers < 1:
         raise SystemExit(f"--workers must be >= 1, got {args.workers}")

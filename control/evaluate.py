@@ -40,6 +40,8 @@ def evaluate_policy(
     try:
         for i in range(episodes):
             obs, _ = environment.reset(seed=base + i)
+            if hasattr(policy, "reset"):  # a stateful policy (e.g. the options high level) starts afresh
+                policy.reset()
             reward = cost = 0.0
             length = 0
             while True:

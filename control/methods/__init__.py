@@ -51,11 +51,13 @@ from control.methods.common import (
     segment_features,
 )
 from control.methods.composition import CompositionConfig, HighLevelTD3, train_offline_high_level
-from control.methods.latent import LatentConfig, pick_skills
+from control.methods.latent import LatentConfig, pick_skills, posterior_means
 from control.methods.online import OnlineConfig, train_online
+from control.methods.options import OptionsConfig, OptionsPolicy, SkillValues, train_options
 from control.methods.skills_cpl import CPLConfig, fit_cpl_skills
 from control.methods.skills_vpl import VPLConfig, fit_vpl_reward, train_vpl_skills
 from control.td3 import TD3, TD3Config
+from safecrowd_llm.core import GaussianMixturePrior
 from safecrowd_llm.core.atomic import write_json
 
 __all__ = ["METHODS", "MethodConfig", "Policy", "train_method"]
@@ -71,6 +73,14 @@ class MethodConfig:
     beta_reg: float = 0.1  # prior regulariser of the high-level policy (relative to the normalised Q)
     beta_switch: float = 0.0  # persistence of the high level: weight on ||pi_h(s) - pi_h(s')||^2
     prior_target: str | None = None  # "annotators": keep E[log p(z')] >= the annotators' mean log p(E[z'|S]) (beta_reg learned)
+    # The p(z') the high level's regulariser reads: "vae" (the VAE prior, N(0, I)) or "aggregate" (the mixture of
+    # the annotators' posteriors q(z'|S_a): its modes are real users' skills, not the latent origin).
+    hl_prior: str = "vae"
+    # "td3": pi_h outputs a continuous z' every step (Eq. 11); "options": pi_h picks one of the K selected skills
+    # and commits to it for options.horizon steps (SMDP Q-learning, the control twin of the LM router).
+    high_level: str = "td3"
+    horizon: int = 50  # env steps per chosen skill with high_level="options"
+    options: OptionsConfig = field(default_factory=OptionsConfig)
     offline: bool = False  # high-level policy trained offline on D_tau with the BC term (Eq. 12)
     cost_penalty: float | None = None  # Oracle's/SOPL's K; None = default_cost_penalty(D_tau rewards)
     update_every: int = 2  # env steps per TD3 update online (2 halves the compute of a quick run)
@@ -92,6 +102,12 @@ class MethodConfig:
         cfg = replace(cls(), **options)
         if cfg.update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {cfg.update_every}")
+        if cfg.hl_prior not in ("vae", "aggregate"):
+            raise ValueError(f"hl_prior must be 'vae' or 'aggregate', got {cfg.hl_prior!r}")
+        if cfg.high_level not in ("td3", "options"):
+            raise ValueError(f"high_level must be 'td3' or 'options', got {cfg.high_level!r}")
+        if cfg.high_level == "options" and (cfg.offline or cfg.prior_target or cfg.beta_switch):
+            raise ValueError("high_level='options' is online only and has no prior_target / beta_switch")
         return cfg
 
 
@@ -250,20 +266,21 @@ class _Run:
         self.stage("online", 0.0, cached=True, **found[1].get("summary", {}))
         return True
 
-    def finish_online(self, h: str, agent: TD3, log: dict[str, Any]) -> None:
+    def finish_online(self, h: str, agent: TD3 | dict[str, torch.Tensor], log: dict[str, Any]) -> None:
+        """Log the run's summary and write ``final.safetensors`` (the agent's state, or the given tensors)."""
         eps = log["episodes"]
         last = eps[-5:] if eps else []
         summary = {
             "episodes": len(eps),
             "updates": log["updates"],
+            **({"options": log["options"]} if "options" in log else {}),
             "last_episode_reward": float(np.mean([e["reward"] for e in last])) if last else None,
             "last_episode_cost": float(np.mean([e["cost"] for e in last])) if last else None,
         }
         self.stage("online", log["wall_s"], **summary)
         self.log["episodes"] = eps
-        save_checkpoint(
-            self.workdir / "final.safetensors", agent.state_tensors(), {"config_hash": h, "summary": summary}
-        )
+        tensors = agent if isinstance(agent, dict) else agent.state_tensors()
+        save_checkpoint(self.workdir / "final.safetensors", tensors, {"config_hash": h, "summary": summary})
         (self.workdir / "online_checkpoint.safetensors").unlink(missing_ok=True)
         (self.workdir / "online_checkpoint.json").unlink(missing_ok=True)
 
@@ -351,6 +368,8 @@ class _Run:
     def train_ours(self) -> Policy:
         vae, skill = self.skills()
         cfg = self.config
+        if cfg.high_level == "options":
+            return self.train_options(vae, skill)
         comp = replace(cfg.composition, beta_reg=cfg.beta_reg, beta_switch=cfg.beta_switch, td3=self.td3_config())
         if cfg.prior_target == "annotators":  # the typical log-density of real users' posterior means
             means = json.loads((self.workdir / "skill_latents.json").read_text())["posterior_means"]
@@ -360,11 +379,15 @@ class _Run:
             self.log["prior_target"] = target
         elif cfg.prior_target is not None:
             raise ValueError(f"prior_target must be None or 'annotators', got {cfg.prior_target!r}")
+        prior = vae.prior
+        if cfg.hl_prior == "aggregate":
+            means, stds, _ = posterior_means(vae, model_crowd(self.crowd.crowd, self.spaces))
+            prior = GaussianMixturePrior.from_components(means, stds, min_std=cfg.composition.aggregate_min_std)
         agent = HighLevelTD3(
             self.spaces.obs_dim,
             self.spaces.act_dim,
             skill,
-            vae.prior,
+            prior,
             comp,
             seed=self.seed,
             offline=cfg.offline,
@@ -392,6 +415,35 @@ class _Run:
             )  # fmt: skip
             self.finish_online(h, agent, log)
         return ActorPolicy(self.spaces, agent.policy)
+
+
+    def train_options(self, vae: Any, skill: torch.nn.Module) -> Policy:
+        """pi_h over the K selected skill latents, each chosen skill committed to for ``horizon`` steps."""
+        cfg = self.config
+        opts = replace(cfg.options, beta_reg=cfg.beta_reg, horizon=cfg.horizon)
+        chosen = json.loads((self.workdir / "skill_latents.json").read_text())["skills"]
+        latents = torch.tensor([s["latent"] for s in chosen])
+        log_prior = torch.tensor([s["log_prior"] for s in chosen])
+        if cfg.hl_prior == "aggregate":
+            means, stds, _ = posterior_means(vae, model_crowd(self.crowd.crowd, self.spaces))
+            agg = GaussianMixturePrior.from_components(means, stds, min_std=cfg.composition.aggregate_min_std)
+            with torch.no_grad():
+                log_prior = agg.log_prob(latents)
+        torch.manual_seed(self.seed)
+        values = SkillValues(self.spaces.obs_dim, latents, log_prior, opts)
+        h = config_hash("options", self.method, cfg, *self.inputs)
+        self.log["beta_reg"] = cfg.beta_reg
+        if (found := load_checkpoint(self.workdir / "final.safetensors", h)) is not None:
+            load_module("values", values, found[0])
+            self.stage("online", 0.0, cached=True, **found[1].get("summary", {}))
+        else:
+            log = train_options(
+                self.data.env_id, values, skill, self.spaces, self.online.steps, opts, seed=self.seed,
+                workdir=self.workdir, config_hash=h, checkpoint_every=self.online.checkpoint_every,
+                max_episode_steps=self.online.max_episode_steps, progress=self.progress,
+            )  # fmt: skip
+            self.finish_online(h, module_tensors("values", values), log)
+        return OptionsPolicy(self.spaces, values, skill, opts.horizon)
 
 
 def _curve(history: list[dict[str, float]], key: str) -> dict[str, float]:

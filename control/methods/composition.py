@@ -42,6 +42,7 @@ class CompositionConfig:
     # Persistence: penalise ||pi_h(s) - pi_h(s')||^2 between consecutive states (0 = off), so pi_h commits to a
     # skill instead of switching between (individually safe) skills from one state to the next.
     beta_switch: float = 0.0
+    aggregate_min_std: float = 0.1  # floor on the components' stds when the regulariser reads the aggregate posterior
     beta_bc: float = 0.4  # offline BC weight (TD3+BC's alpha = 2.5 gives the same 1 : 0.4 balance)
     latent_bound: float = 3.0
     z_exploration_noise: float = 0.3  # std of exploration noise on z' (prior std is 1)

@@ -101,6 +101,24 @@ class GaussianMixturePrior(Prior):
             else:
                 self.register_buffer(name, value)
 
+    @classmethod
+    def from_components(
+        cls, means: Tensor, stds: Tensor, *, min_std: float = 0.0, learnable: bool = False
+    ) -> GaussianMixturePrior:
+        """An equal-weight mixture with the given ``(K, D)`` component means and stds (frozen by default).
+
+        With the annotators' posteriors q(z'|S_a) as components this is the VAE's *aggregate posterior*:
+        the part of the latent space real annotators occupy. ``min_std`` floors the stds so a very
+        confident posterior does not make the log-density (and a regulariser reading it) arbitrarily sharp.
+        """
+        if means.dim() != 2 or means.shape != stds.shape:
+            raise ValueError(f"means and stds must both be (K, D), got {tuple(means.shape)}, {tuple(stds.shape)}")
+        prior = cls(means.shape[1], means.shape[0], learnable=learnable)
+        with torch.no_grad():
+            prior.means.copy_(means)
+            prior.log_stds.copy_(stds.clamp(min=max(min_std, 1e-6)).log())
+        return prior
+
     def component_log_prob(self, z: Tensor) -> Tensor:
         """``(..., D) -> (..., K)``: log pi_k + log N(z; mu_k, sigma_k^2)."""
         z = z.unsqueeze(-2)  # (..., 1, D)

@@ -25,7 +25,7 @@ from control.methods.latent import LatentConfig, pick_skills
 from control.methods.skills_cpl import CPLConfig, fit_cpl_skills
 from control.methods.skills_vpl import VPLConfig, fit_vpl_reward, train_vpl_skills
 from control.td3 import ReplayBuffer, TD3Config
-from safecrowd_llm.core import StandardNormalPrior
+from safecrowd_llm.core import GaussianMixturePrior, StandardNormalPrior
 from tests.control import synthetic as syn
 
 TINY_LATENT = LatentConfig(
@@ -110,12 +110,12 @@ class _TanhSkill(nn.Module):
         return torch.tanh(z[..., :1]).expand(*s.shape[:-1], 1)
 
 
-def _train_high_level(beta_reg: float, **target) -> float:
-    """Train pi_h where the task rewards the largest action; returns mean |z'|."""
+def _train_high_level(beta_reg: float, prior=None, *, latents: bool = False, **target):
+    """Train pi_h where the task rewards the largest action; returns mean |z'| (or the latents themselves)."""
     cfg = CompositionConfig(
         td3=TD3Config(hidden=(32, 32), batch_size=64, actor_lr=1e-3, critic_lr=3e-3), beta_reg=beta_reg, **target
     )
-    agent = HighLevelTD3(2, 1, _TanhSkill(), StandardNormalPrior(2), cfg, seed=0)
+    agent = HighLevelTD3(2, 1, _TanhSkill(), prior or StandardNormalPrior(2), cfg, seed=0)
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(2, 1, 1000, seed=0)
     for _ in range(1000):
@@ -125,13 +125,24 @@ def _train_high_level(beta_reg: float, **target) -> float:
     for _ in range(250):
         agent.update(buf.sample(64))
     with torch.no_grad():
-        return float(agent.latent(0.1 * torch.randn(128, 2)).norm(dim=-1).mean())
+        z = agent.latent(0.1 * torch.randn(128, 2))
+    return z if latents else float(z.norm(dim=-1).mean())
 
 
 def test_prior_regulariser_pulls_the_high_level_latent_towards_the_prior_mode() -> None:
     free, regularised = _train_high_level(0.0), _train_high_level(10.0)
     assert free > 1.5  # the task alone drives z' out towards the bound (tanh(z) -> 1)
     assert regularised < 0.5  # a large beta_reg keeps z' near the prior's mode 0
+
+
+def test_an_aggregate_posterior_prior_holds_the_high_level_on_the_annotator_mode_the_task_prefers() -> None:
+    """Two annotator modes at z'_0 = -1 and +1 (the task prefers larger tanh(z'_0)): under N(0, I) a strong
+    regulariser pulls z' to the origin, between the users; under their aggregate posterior it stays on +1."""
+    means = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+    aggregate = GaussianMixturePrior.from_components(means, torch.full((2, 2), 0.2))
+    z = _train_high_level(10.0, aggregate, latents=True)
+    assert torch.allclose(z.mean(0), means[1], atol=0.15), z.mean(0)
+    assert _train_high_level(10.0) < 0.5
 
 
 def test_a_prior_target_learns_beta_reg_that_holds_the_log_density() -> None:
@@ -228,6 +239,8 @@ def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="unknown method 'ppo'"):
         train_method("ppo", None, None, None, 0, "/tmp/unused")
     assert MethodConfig.from_options(omega=0.3, offline=True).omega == 0.3
+    with pytest.raises(ValueError, match="hl_prior must be"):
+        MethodConfig.from_options(hl_prior="uniform")
     assert config_hash(MethodConfig()) == config_hash(MethodConfig())
     assert config_hash(MethodConfig()) != config_hash(replace(MethodConfig(), beta_reg=1.0))
 
@@ -266,6 +279,22 @@ def test_every_method_trains_on_a_real_env_and_acts_in_bounds(real_env, tmp_path
     assert acts.shape == (20, data.act_dim) and np.isfinite(acts).all() and (np.abs(acts) <= 1.0 + 1e-6).all()
     log = (tmp_path / method / "train_log.json").read_text()
     assert '"online"' in log or '"high_level_offline"' in log
+
+
+def test_the_options_high_level_trains_on_a_real_env_is_seeded_and_cached(real_env, tmp_path) -> None:
+    import json
+
+    data, crowd, profile = real_env
+    run = lambda d, **kw: train_method("safe-vpl", data, crowd, profile, 0, tmp_path / d, progress=False,  # noqa: E731
+                                       high_level="options", horizon=7, **kw)
+    policy = run("a")
+    a = _actions(policy, data)
+    assert np.isfinite(a).all() and (np.abs(a) <= 1.0 + 1e-6).all()
+    np.testing.assert_array_equal(a, _actions(run("b"), data))
+    run("a")
+    assert json.loads((tmp_path / "a" / "train_log.json").read_text())["stages"]["online"]["cached"] is True
+    with pytest.raises(ValueError, match="online only"):
+        run("c", offline=True)
 
 
 def test_train_method_is_seeded_and_reuses_finished_stages(real_env, tmp_path) -> None:

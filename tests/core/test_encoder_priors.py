@@ -87,3 +87,14 @@ def test_mixture_is_learnable_towards_the_data():
         opt.step()
     assert loss.item() < start - 1.0
     assert sorted(prior.means.detach().flatten().tolist()) == pytest.approx([-2.0, 2.0], abs=0.2)
+
+
+def test_mixture_from_components_is_the_equal_weight_frozen_mixture_with_floored_stds():
+    means, stds = torch.randn(4, 3), torch.tensor([0.01, 0.5, 1.0]).expand(4, 3)
+    prior = GaussianMixturePrior.from_components(means, stds, min_std=0.1)
+    assert list(prior.parameters()) == []  # frozen: a regulariser reads it, nothing trains it
+    ref = MixtureSameFamily(Categorical(logits=torch.zeros(4)), Independent(Normal(means, stds.clamp(min=0.1)), 1))
+    z = torch.randn(10, 3)
+    torch.testing.assert_close(prior.log_prob(z), ref.log_prob(z))
+    with pytest.raises(ValueError, match=r"must both be \(K, D\)"):
+        GaussianMixturePrior.from_components(means, stds[:2])
