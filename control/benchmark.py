@@ -273,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from control.crowd import CrowdSpec
     from control.envs import get_spec
-    from control.offline import load_or_generate
+    from control.offline import load_or_generate, return_ceiling
     from control.profiles import get_profile
     from control.report import write_report
+    from safecrowd_llm.core.atomic import write_json
 
     torch.set_num_threads(1)
     known = _method_names()
@@ -307,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(name)
         tqdm.write(f"run {name} failed:\n{error}")
 
+    for env_id in env_ids:  # D_tau is generated once per env here, before any run (or worker) reads the cache
+        data = load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
+        write_json(return_ceiling(data.manifest), args.out / env_id / "dtau.json")
     jobs = [(env_id, run, seed) for env_id in env_ids for seed in args.seeds for run in runs]
     if args.workers == 1:
         for env_id, run, seed in jobs:
@@ -318,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import multiprocessing
 
-        for env_id in env_ids:  # D_tau is generated once per env here, before any worker reads the cache
-            load_or_generate(env_id, profile, root=args.data_root, seed=args.data_seed, progress=progress)
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {
                 pool.submit(_run_job, env_id, run, seed, spec, profile, args, False): f"{env_id}/{run.key}/seed{seed}"

@@ -25,7 +25,7 @@ import numpy as np
 
 from control.profiles import Profile
 
-__all__ = ["OfflineData", "cache_dir", "generate", "load_or_generate", "package_versions"]
+__all__ = ["OfflineData", "cache_dir", "generate", "load_or_generate", "package_versions", "return_ceiling"]
 
 _ARRAYS = ("obs", "act", "rew", "cost", "next_obs", "terminal", "episode_end", "episode")
 _FEATURE_PREFIX = "feature/"
@@ -216,6 +216,21 @@ def _behaviour_stats(episodes: list[dict[str, Any]]) -> dict[str, dict[str, floa
             "safe_episode_fraction": float((cost == 0).mean()),
         }
     return out
+
+
+def return_ceiling(manifest: dict[str, Any]) -> dict[str, float | None]:
+    """D_tau's best episode returns from its manifest: what an offline learner can imitate at most.
+
+    ``best_safe_return`` is the best cost-free behaviour episode (None if none is cost-free): when the
+    Oracle's online return is far above it, skills learned from D_tau cannot reach the Oracle's reward.
+    """
+    eps = manifest.get("episodes", [])
+    safe = [e["reward"] for e in eps if e["cost"] == 0]
+    return {
+        "best_safe_return": float(max(safe)) if safe else None,
+        "best_return": float(max(e["reward"] for e in eps)) if eps else None,
+        "safe_episode_fraction": len(safe) / len(eps) if eps else None,
+    }
 
 
 def load_or_generate(

@@ -103,6 +103,11 @@ def test_benchmark_runs_normalises_and_resumes(tmp_path: Path, monkeypatch) -> N
     md = (out / "RESULTS.md").read_text()
     assert "| SafetyCarRun-v0 |" in md and "Oracle" in md and "RC(ω=0.9)" in md and "**Average**" in md
     assert (out / "reward_cost.png").stat().st_size > 1000
+    # D_tau's ceiling: its best cost-free episode, raw and relative to the Oracle
+    ceiling = json.loads((out / "SafetyCarRun-v0" / "dtau.json").read_text())
+    assert ceiling["best_return"] >= ceiling["best_safe_return"] > 0 and 0 < ceiling["safe_episode_fraction"] <= 1
+    ratio = ceiling["best_safe_return"] / summary["oracle"]["raw_reward"]
+    assert f"- SafetyCarRun-v0: {ceiling['best_safe_return']:.1f} ({ratio:.2f})" in md
 
     # resume: everything finished -> nothing retrained; one results.json removed -> only that run
     again = FakeTrainer()
