@@ -89,7 +89,7 @@ def _fmt(v: Any) -> str:
 def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: list[float] | None = None,
               offline: bool = False, prior_target: str | None = None,
               beta_switch: float | None = None, hl_prior: str = "vae", high_level: str = "td3",
-              horizon: int | None = None) -> list[RunSpec]:  # fmt: skip
+              horizon: int | None = None, option_latents: str = "skills") -> list[RunSpec]:  # fmt: skip
     """Expand methods with the ablation sweeps (RC per omega; ours per beta_reg, optionally offline or with a
     learned beta_reg that holds a prior log-density target)."""
     out: list[RunSpec] = []
@@ -102,6 +102,7 @@ def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: 
             extra |= {"hl_prior": hl_prior} if hl_prior != "vae" else {}
             extra |= {"high_level": high_level} if high_level != "td3" else {}
             extra |= {"horizon": int(horizon)} if horizon else {}
+            extra |= {"option_latents": option_latents} if option_latents != "skills" else {}
             out += (
                 [RunSpec(m, {"beta_reg": float(b), **extra}) for b in beta_regs]
                 if beta_regs
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ours: 'td3' (a continuous z' every step, Eq. 11) or 'options' (one of the K skills, committed "
                    "to for --horizon steps, SMDP Q-learning)")
     p.add_argument("--horizon", type=int, help="ours with --high-level options: env steps per chosen skill (default 50)")
+    p.add_argument("--option-latents", choices=["skills", "annotators"], default="skills",
+                   help="ours with --high-level options: choose between the K selected skills or every annotator's "
+                   "posterior mean")
     p.add_argument("--flip-prob", type=float, help="override the crowd's label flip probability")
     p.add_argument("--num-annotators", type=int, help="override the crowd's number of annotators")
     p.add_argument("--eval-episodes", type=int, help="override the profile's evaluation episodes")
@@ -293,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                       if v is not None})  # fmt: skip
     spec = CrowdSpec.from_yaml(args.crowd, **overrides)
     runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline, args.prior_target, args.beta_switch,
-                     args.hl_prior, args.high_level, args.horizon)
+                     args.hl_prior, args.high_level, args.horizon,
+                     args.option_latents)
     progress = not args.no_progress
     if args.workers < 1:
         raise SystemExit(f"--workers must be >= 1, got {args.workers}")

@@ -80,6 +80,9 @@ class MethodConfig:
     # and commits to it for options.horizon steps (SMDP Q-learning, the control twin of the LM router).
     high_level: str = "td3"
     horizon: int = 50  # env steps per chosen skill with high_level="options"
+    # what the options high level chooses between: "skills" (the K selected latents) or "annotators" (every
+    # annotator's posterior mean: a larger library, each still a real user's skill)
+    option_latents: str = "skills"
     options: OptionsConfig = field(default_factory=OptionsConfig)
     offline: bool = False  # high-level policy trained offline on D_tau with the BC term (Eq. 12)
     cost_penalty: float | None = None  # Oracle's/SOPL's K; None = default_cost_penalty(D_tau rewards)
@@ -106,6 +109,8 @@ class MethodConfig:
             raise ValueError(f"hl_prior must be 'vae' or 'aggregate', got {cfg.hl_prior!r}")
         if cfg.high_level not in ("td3", "options"):
             raise ValueError(f"high_level must be 'td3' or 'options', got {cfg.high_level!r}")
+        if cfg.option_latents not in ("skills", "annotators"):
+            raise ValueError(f"option_latents must be 'skills' or 'annotators', got {cfg.option_latents!r}")
         if cfg.high_level == "options" and (cfg.offline or cfg.prior_target or cfg.beta_switch):
             raise ValueError("high_level='options' is online only and has no prior_target / beta_switch")
         return cfg
@@ -421,9 +426,14 @@ class _Run:
         """pi_h over the K selected skill latents, each chosen skill committed to for ``horizon`` steps."""
         cfg = self.config
         opts = replace(cfg.options, beta_reg=cfg.beta_reg, horizon=cfg.horizon)
-        chosen = json.loads((self.workdir / "skill_latents.json").read_text())["skills"]
-        latents = torch.tensor([s["latent"] for s in chosen])
-        log_prior = torch.tensor([s["log_prior"] for s in chosen])
+        saved = json.loads((self.workdir / "skill_latents.json").read_text())
+        if cfg.option_latents == "annotators":
+            latents = torch.tensor(list(saved["posterior_means"].values()))
+            with torch.no_grad():
+                log_prior = vae.prior.log_prob(latents)
+        else:
+            latents = torch.tensor([s["latent"] for s in saved["skills"]])
+            log_prior = torch.tensor([s["log_prior"] for s in saved["skills"]])
         if cfg.hl_prior == "aggregate":
             means, stds, _ = posterior_means(vae, model_crowd(self.crowd.crowd, self.spaces))
             agg = GaussianMixturePrior.from_components(means, stds, min_std=cfg.composition.aggregate_min_std)
