@@ -295,6 +295,10 @@ def test_the_options_high_level_trains_on_a_real_env_is_seeded_and_cached(real_e
     assert json.loads((tmp_path / "a" / "train_log.json").read_text())["stages"]["online"]["cached"] is True
     with pytest.raises(ValueError, match="online only"):
         run("c", offline=True)
+    library = run("d", option_latents="annotators")  # every annotator's posterior mean is a skill
+    assert library.values.latents.shape[0] == len(crowd.crowd.annotator_ids) > policy.values.latents.shape[0]
+    with pytest.raises(ValueError, match="option_latents must be"):
+        run("e", option_latents="all")
 
 
 def test_train_method_is_seeded_and_reuses_finished_stages(real_env, tmp_path) -> None:
