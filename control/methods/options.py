@@ -179,39 +179,23 @@ def train_options(
         eps = max(config.epsilon_end, config.epsilon_start - (config.epsilon_start - config.epsilon_end)
                   * step / max(1.0, config.epsilon_fraction * steps))  # fmt: skip
         k = int(rng.integers(values.latents.shape[0])) if rng.random() < eps else int(values.choose(x))
-        x0, ret, n, done = x, 0.0, 0, False
-        while n < config.horizon and step < steps:
+        x0, ret, n, terminated, truncated = x, 0.0, 0, False, False
+        while n < config.horizon and step < steps and not (terminated or truncated):
             with torch.no_grad():
-                act = (
-                    spaces.act.unscale(skill(x, values.latents[k : k + 1]))
-                    .squeeze(0)
-                    .numpy()
-                    .astype(np.float32)
-                )
-            obs, rew, terminated, truncated, info = env.step(act)
+                u = skill(x, values.latents[k : k + 1])
+            obs, rew, terminated, truncated, info = env.step(spaces.act.unscale(u).squeeze(0).numpy())
             ret += config.gamma**n * rew
-            ep_rew, ep_cost, ep_len, n, step = (
-                ep_rew + rew,
-                ep_cost + float(info["cost"]),
-                ep_len + 1,
-                n + 1,
-                step + 1,
-            )
-            bar.update(1)
+            n, step, ep_len = n + 1, step + 1, ep_len + 1
+            ep_rew, ep_cost = ep_rew + rew, ep_cost + float(info["cost"])
+            truncated = truncated or (max_episode_steps is not None and ep_len >= max_episode_steps)
             with torch.no_grad():
                 x = to_model(obs)
-            if max_episode_steps is not None and ep_len >= max_episode_steps:
-                truncated = True
-            if terminated or truncated:
-                done = True
-                break
-        buf["x"][size], buf["k"][size], buf["ret"][size], buf["x2"][size] = (
-            x0.squeeze(0).numpy(),
-            k,
-            ret,
-            x.squeeze(0).numpy(),
-        )
-        buf["disc"][size] = 0.0 if (done and terminated) else config.gamma**n
+            bar.update(1)
+        done = terminated or truncated
+        row = {"x": x0.squeeze(0).numpy(), "k": k, "ret": ret, "x2": x.squeeze(0).numpy(),
+               "disc": 0.0 if terminated else config.gamma**n}  # fmt: skip
+        for key, value in row.items():
+            buf[key][size] = value
         size += 1
         log["options"] += 1
         for _ in range(config.updates_per_option):
@@ -227,9 +211,8 @@ def train_options(
                 log["wall_s"] = time.perf_counter() - t0
                 tensors = {f"values.{k}": v for k, v in values.state_dict().items()}
                 tensors |= {f"target.{k}": v for k, v in target.state_dict().items()}
-                tensors |= optimizer_to_tensors(opt, "opt") | {
-                    f"buf.{k}": torch.from_numpy(v[:size]) for k, v in buf.items()
-                }
+                tensors |= optimizer_to_tensors(opt, "opt")
+                tensors |= {f"buf.{k}": torch.from_numpy(v[:size]) for k, v in buf.items()}
                 meta = {"config_hash": config_hash, "size": size, "step": step, "episode": episode, "log": log,
                         "rng": rng.bit_generator.state}  # fmt: skip
                 save_checkpoint(ckpt, tensors, meta)
