@@ -46,12 +46,19 @@ def _finite(x: float) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def summarise(out: str | Path, rewrite_results: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
-    """Normalise every run (and write the numbers back into its results.json); return the summary."""
+def summarise(
+    out: str | Path, rewrite_results: bool = True, seeds: set[int] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Normalise every run (and write the numbers back into its results.json); return the summary.
+
+    ``seeds`` restricts the summary to those seeds (e.g. the ones two crowds have in common)."""
     from safecrowd_llm.core.atomic import write_json
 
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for env, methods in collect_runs(out).items():
+        if seeds is not None:
+            methods = {k: {s: r for s, r in runs.items() if s in seeds} for k, runs in methods.items()}
+            methods = {k: runs for k, runs in methods.items() if runs}
         anchors = {
             seed: (methods.get(ORACLE, {}).get(seed), methods.get(TASK_ONLY, {}).get(seed))
             for seed in {s for runs in methods.values() for s in runs}
@@ -260,7 +267,8 @@ def crowd_shift_markdown(shift: dict[str, dict[str, dict[str, Any]]], base: str,
     f = lambda x: "–" if x is None else f"{x:+.2f}"  # noqa: E731
     g = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [f"# Crowd shift: {base} -> {shifted}", "",
-             "Normalised reward / cost (Oracle = 1, Task-only = 1 within each crowd's own runs).", ""]  # fmt: skip
+             "Normalised reward / cost (Oracle = 1, Task-only = 1 within each crowd's own runs), over the seeds "
+             "both crowds have.", ""]  # fmt: skip
     for env, rows in shift.items():
         lines += [f"## {env}", "", "| Method | base | shifted | Δ reward | Δ cost |", "|---|---|---|---|---|"]
         for row in rows.values():
@@ -270,6 +278,10 @@ def crowd_shift_markdown(shift: dict[str, dict[str, dict[str, Any]]], base: str,
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _seeds(out: Path) -> set[int]:
+    return {s for methods in collect_runs(out).values() for runs in methods.values() for s in runs}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -284,11 +296,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     previous = args.out / "RESULTS.md"
     title = args.title or (previous.read_text().splitlines()[0].lstrip("# ") if previous.exists() else "")
-    base = write_report(args.out, title)
+    write_report(args.out, title)
     print(f"wrote {args.out / 'summary.json'}, {args.out / 'RESULTS.md'}")
-    if args.shift:
-        shifted = summarise(args.shift)
-        shift = crowd_shift(base, shifted)
+    if args.shift:  # compare the seeds both crowds have, so a change is the crowd's, not the seeds'
+        common = _seeds(args.out) & _seeds(args.shift)
+        shift = crowd_shift(summarise(args.out, False, common), summarise(args.shift, seeds=common))
         write_json(shift, args.shift / "crowd_shift.json")
         text = crowd_shift_markdown(shift, str(args.out), str(args.shift))
         write_text(text, args.shift / "crowd_shift.md")

@@ -155,12 +155,14 @@ def test_crowd_shift_reports_how_far_each_method_moves(tmp_path: Path, monkeypat
     assert _run(tmp_path, FakeTrainer(), monkeypatch) == 0
     shifted = FakeTrainer(throttle=dict(THROTTLE, rc=-0.9))  # RC follows the majority: faster and costlier
     monkeypatch.setattr(benchmark, "train_method", shifted)
-    args = ["--envs", "Run", "--methods", "oracle", "task-only", "rc", "--seeds", "0", "1", "--profile", "test",
+    args = ["--envs", "Run", "--methods", "oracle", "task-only", "rc", "--seeds", "0", "--profile", "test",
             "--crowd", "control/crowds/imbalanced_10to1.yaml", "--out", str(tmp_path / "shifted"),
             "--data-root", str(tmp_path / "data"), "--no-progress"]  # fmt: skip
     assert benchmark.main(args) == 0
     report.main([str(tmp_path / "bench"), "--shift", str(tmp_path / "shifted")])
     shift = json.loads((tmp_path / "shifted" / "crowd_shift.json").read_text())["SafetyCarRun-v0"]
+    base0 = report.summarise(tmp_path / "bench", False, {0})["SafetyCarRun-v0"]  # seed 1 is not in the shifted runs
+    assert shift["rc"]["reward"] == pytest.approx(base0["rc"]["reward"])
     assert shift["oracle"]["d_reward"] == pytest.approx(0.0) and shift["task-only"]["d_cost"] == pytest.approx(0.0)
     assert shift["rc"]["d_cost"] > 0.1 and shift["rc"]["d_reward"] > 0
     assert shift["rc"]["shifted_cost"] == pytest.approx(shift["rc"]["cost"] + shift["rc"]["d_cost"])
