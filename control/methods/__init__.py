@@ -384,15 +384,11 @@ class _Run:
             self.log["prior_target"] = target
         elif cfg.prior_target is not None:
             raise ValueError(f"prior_target must be None or 'annotators', got {cfg.prior_target!r}")
-        prior = vae.prior
-        if cfg.hl_prior == "aggregate":
-            means, stds, _ = posterior_means(vae, model_crowd(self.crowd.crowd, self.spaces))
-            prior = GaussianMixturePrior.from_components(means, stds, min_std=cfg.composition.aggregate_min_std)
         agent = HighLevelTD3(
             self.spaces.obs_dim,
             self.spaces.act_dim,
             skill,
-            prior,
+            self.high_level_prior(vae),
             comp,
             seed=self.seed,
             offline=cfg.offline,
@@ -421,6 +417,12 @@ class _Run:
             self.finish_online(h, agent, log)
         return ActorPolicy(self.spaces, agent.policy)
 
+    def high_level_prior(self, vae: Any) -> Any:
+        """The p(z') the high level's regulariser reads: the VAE prior or the annotators' aggregate posterior."""
+        if self.config.hl_prior != "aggregate":
+            return vae.prior
+        means, stds, _ = posterior_means(vae, model_crowd(self.crowd.crowd, self.spaces))
+        return GaussianMixturePrior.from_components(means, stds, min_std=self.config.composition.aggregate_min_std)
 
     def train_options(self, vae: Any, skill: torch.nn.Module) -> Policy:
         """pi_h over the K selected skill latents, each chosen skill committed to for ``horizon`` steps."""
@@ -435,10 +437,8 @@ class _Run:
             latents = torch.tensor([s["latent"] for s in saved["skills"]])
             log_prior = torch.tensor([s["log_prior"] for s in saved["skills"]])
         if cfg.hl_prior == "aggregate":
-            means, stds, _ = posterior_means(vae, model_crowd(self.crowd.crowd, self.spaces))
-            agg = GaussianMixturePrior.from_components(means, stds, min_std=cfg.composition.aggregate_min_std)
             with torch.no_grad():
-                log_prior = agg.log_prob(latents)
+                log_prior = self.high_level_prior(vae).log_prob(latents)
         torch.manual_seed(self.seed)
         values = SkillValues(self.spaces.obs_dim, latents, log_prior, opts)
         h = config_hash("options", self.method, cfg, *self.inputs)

@@ -299,6 +299,9 @@ def test_the_options_high_level_trains_on_a_real_env_is_seeded_and_cached(real_e
     assert library.values.latents.shape[0] == len(crowd.crowd.annotator_ids) > policy.values.latents.shape[0]
     with pytest.raises(ValueError, match="option_latents must be"):
         run("e", option_latents="all")
+    aggregate = run("f", hl_prior="aggregate")  # the choice reads the annotators' mixture, not N(0, I)
+    torch.testing.assert_close(aggregate.values.latents, policy.values.latents)
+    assert not torch.allclose(aggregate.values.log_prior, policy.values.log_prior)
 
 
 def test_train_method_is_seeded_and_reuses_finished_stages(real_env, tmp_path) -> None:
