@@ -47,17 +47,20 @@ def _finite(x: float) -> float | None:
 
 
 def summarise(
-    out: str | Path, rewrite_results: bool = True, seeds: set[int] | None = None
+    out: str | Path, rewrite_results: bool = True, only: dict[str, dict[str, set[int]]] | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Normalise every run (and write the numbers back into its results.json); return the summary.
 
-    ``seeds`` restricts the summary to those seeds (e.g. the ones two crowds have in common)."""
+    ``only[env][method_key]`` restricts a method's runs to those seeds (e.g. the ones two crowds have in
+    common); the anchors (Oracle, Task-only) keep all their seeds."""
     from safecrowd_llm.core.atomic import write_json
 
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for env, methods in collect_runs(out).items():
-        if seeds is not None:
-            methods = {k: {s: r for s, r in runs.items() if s in seeds} for k, runs in methods.items()}
+        if only is not None:
+            keep = only.get(env, {})
+            methods = {k: ({s: r for s, r in runs.items() if s in keep.get(k, set())} if k not in (ORACLE, TASK_ONLY)
+                           else runs) for k, runs in methods.items()}  # fmt: skip
             methods = {k: runs for k, runs in methods.items() if runs}
         anchors = {
             seed: (methods.get(ORACLE, {}).get(seed), methods.get(TASK_ONLY, {}).get(seed))
@@ -267,8 +270,8 @@ def crowd_shift_markdown(shift: dict[str, dict[str, dict[str, Any]]], base: str,
     f = lambda x: "–" if x is None else f"{x:+.2f}"  # noqa: E731
     g = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [f"# Crowd shift: {base} -> {shifted}", "",
-             "Normalised reward / cost (Oracle = 1, Task-only = 1 within each crowd's own runs), over the seeds "
-             "both crowds have.", ""]  # fmt: skip
+             "Normalised reward / cost (Oracle = 1, Task-only = 1 within each crowd's own runs), each method over "
+             "the seeds it has under both crowds.", ""]  # fmt: skip
     for env, rows in shift.items():
         lines += [f"## {env}", "", "| Method | base | shifted | Δ reward | Δ cost |", "|---|---|---|---|---|"]
         for row in rows.values():
@@ -280,8 +283,12 @@ def crowd_shift_markdown(shift: dict[str, dict[str, dict[str, Any]]], base: str,
     return "\n".join(lines)
 
 
-def _seeds(out: Path) -> set[int]:
-    return {s for methods in collect_runs(out).values() for runs in methods.values() for s in runs}
+def _seeds(out: Path) -> dict[str, dict[str, set[int]]]:
+    return {env: {k: set(runs) for k, runs in methods.items()} for env, methods in collect_runs(out).items()}
+
+
+def _common(a: dict[str, dict[str, set[int]]], b: dict[str, dict[str, set[int]]]) -> dict[str, dict[str, set[int]]]:
+    return {env: {k: a[env][k] & b[env][k] for k in a[env].keys() & b[env].keys()} for env in a.keys() & b.keys()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -299,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     write_report(args.out, title)
     print(f"wrote {args.out / 'summary.json'}, {args.out / 'RESULTS.md'}")
     if args.shift:  # compare the seeds both crowds have, so a change is the crowd's, not the seeds'
-        common = _seeds(args.out) & _seeds(args.shift)
-        shift = crowd_shift(summarise(args.out, False, common), summarise(args.shift, seeds=common))
+        common = _common(_seeds(args.out), _seeds(args.shift))
+        shift = crowd_shift(summarise(args.out, False, common), summarise(args.shift, only=common))
         write_json(shift, args.shift / "crowd_shift.json")
         text = crowd_shift_markdown(shift, str(args.out), str(args.shift))
         write_text(text, args.shift / "crowd_shift.md")

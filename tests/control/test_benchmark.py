@@ -161,7 +161,8 @@ def test_crowd_shift_reports_how_far_each_method_moves(tmp_path: Path, monkeypat
     assert benchmark.main(args) == 0
     report.main([str(tmp_path / "bench"), "--shift", str(tmp_path / "shifted")])
     shift = json.loads((tmp_path / "shifted" / "crowd_shift.json").read_text())["SafetyCarRun-v0"]
-    base0 = report.summarise(tmp_path / "bench", False, {0})["SafetyCarRun-v0"]  # seed 1 is not in the shifted runs
+    seed0 = {"SafetyCarRun-v0": {"rc": {0}}}  # seed 1 is not in the shifted runs
+    base0 = report.summarise(tmp_path / "bench", False, seed0)["SafetyCarRun-v0"]
     assert shift["rc"]["reward"] == pytest.approx(base0["rc"]["reward"])
     assert shift["oracle"]["d_reward"] == pytest.approx(0.0) and shift["task-only"]["d_cost"] == pytest.approx(0.0)
     assert shift["rc"]["d_cost"] > 0.1 and shift["rc"]["d_reward"] > 0
