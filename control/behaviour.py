@@ -290,9 +290,19 @@ def step_features(env: Any, info: dict[str, Any]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------------- rollouts
 def rollout_behaviour(
-    env_id: str, episodes: int, seed: int, max_steps: int | None = None, progress: bool = True
+    env_id: str,
+    episodes: int,
+    seed: int,
+    max_steps: int | None = None,
+    progress: bool = True,
+    *,
+    mix: tuple[Behaviour, ...] | None = None,
+    controllers: dict[str, Callable[[Any, Goal], Controller]] | None = None,
+    first_episode: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Roll out ``episodes`` episodes of the env's behaviour mix, deterministically from ``seed``.
+    """Roll out ``episodes`` episodes of a behaviour mix (default: the env's scripted one), deterministically
+    from ``seed``; ``controllers`` adds controller factories (e.g. trained agents) the mix may name, and
+    episodes are numbered (and reset-seeded) from ``first_episode``, so a second part can follow a first.
 
     Returns (transition arrays for :class:`control.offline.OfflineData`, per-step features, per-episode
     records ``{"behaviour", "goal", "reward", "cost", "length"}``).
@@ -301,10 +311,11 @@ def rollout_behaviour(
 
     from control.envs import make_env
 
-    mix = BEHAVIOURS[env_id]
+    mix = BEHAVIOURS[env_id] if mix is None else mix
+    factories = {**_CONTROLLERS, **(controllers or {})}
     weights = np.array([b.weight for b in mix])
     weights = weights / weights.sum()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if first_episode == 0 else (seed, first_episode))
     env = make_env(env_id, seed)
     low, high = env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
     cols: dict[str, list] = {
@@ -313,12 +324,12 @@ def rollout_behaviour(
     feats: dict[str, list[float]] = {}
     records: list[dict[str, Any]] = []
     bar = tqdm(total=episodes, desc=f"D_tau {env_id}", unit="ep", disable=not progress)
-    for ep in range(episodes):
+    for ep in range(first_episode, first_episode + episodes):
         behaviour = mix[rng.choice(len(mix), p=weights)]
         goal = behaviour.draw(rng)
         goal["rng"] = int(rng.integers(2**31))
         obs, _ = env.reset(seed=int(seed * 1_000_003 + ep))
-        act_fn = _CONTROLLERS[behaviour.controller](env, goal)
+        act_fn = factories[behaviour.controller](env, goal)
         ep_rew = ep_cost = 0.0
         t = 0
         while True:

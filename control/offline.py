@@ -151,31 +151,54 @@ def cache_dir(env: str, profile: Profile, root: str | Path = "runs/control/data"
 def _config(env_id: str, profile: Profile, seed: int) -> dict[str, Any]:
     from control.behaviour import behaviour_config
 
-    return {
+    config = {
         "env_id": env_id,
         "seed": seed,
         "data_episodes": profile.data_episodes,
         "max_episode_steps": profile.max_episode_steps,
         "behaviour": behaviour_config(env_id),
     }
+    if profile.agent_steps:  # absent otherwise, so scripted-only caches keep their hash
+        from control.agents import agent_config
+
+        config["agents"] = agent_config(profile.agent_steps)
+    return config
 
 
 def _hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def generate(env: str, profile: Profile, seed: int = 0, progress: bool = True) -> OfflineData:
-    """Roll out ``profile.data_episodes`` behaviour episodes of ``env`` (no caching; see :func:`load_or_generate`)."""
+def generate(
+    env: str, profile: Profile, seed: int = 0, progress: bool = True, agents_dir: str | Path | None = None
+) -> OfflineData:
+    """Roll out ``profile.data_episodes`` behaviour episodes of ``env`` (no caching; see :func:`load_or_generate`).
+
+    With ``profile.agent_steps`` the episodes are split: the scripted mix first, then the behaviour agents'
+    shares (:mod:`control.agents`), trained on the scripted part (checkpointed under ``agents_dir``)."""
     from control.behaviour import rollout_behaviour
     from control.envs import get_spec
 
     spec = get_spec(env)
     t0 = time.perf_counter()
+    agent_summaries: dict[str, Any] = {}
+    if profile.agent_steps:
+        from control.agents import AGENTS
+
+        n_agents = [max(1, round(a.share * profile.data_episodes)) for a in AGENTS]
+        n_scripted = profile.data_episodes - sum(n_agents)
+        if n_scripted < 1:
+            raise ValueError(f"profile {profile.name!r}: data_episodes too small for the behaviour agents' shares")
+    else:
+        n_scripted = profile.data_episodes
     arrays, features, episodes = rollout_behaviour(
-        spec.env_id, profile.data_episodes, seed, profile.max_episode_steps, progress=progress
+        spec.env_id, n_scripted, seed, profile.max_episode_steps, progress=progress
     )
-    seconds = time.perf_counter() - t0
     data = OfflineData(env_id=spec.env_id, features=features, **arrays)
+    if profile.agent_steps:
+        data, agent_summaries, agent_episodes = _add_agents(data, profile, seed, agents_dir, n_agents, progress)
+        episodes += agent_episodes
+    seconds = time.perf_counter() - t0
     config = _config(spec.env_id, profile, seed)
     data.manifest = {
         "env_id": spec.env_id,
@@ -195,9 +218,49 @@ def generate(env: str, profile: Profile, seed: int = 0, progress: bool = True) -
         "generation_seconds": round(seconds, 2),
         "steps_per_second": round(len(data) / max(seconds, 1e-9), 1),
         "behaviours": _behaviour_stats(episodes),
+        **({"agents": agent_summaries} if agent_summaries else {}),
         "episodes": episodes,
     }
     return data
+
+
+def _add_agents(
+    scripted: OfflineData,
+    profile: Profile,
+    seed: int,
+    agents_dir: str | Path | None,
+    counts: list[int],
+    progress: bool,
+) -> tuple[OfflineData, dict[str, Any], list[dict[str, Any]]]:
+    """Train the behaviour agents on ``scripted`` and append ``counts[i]`` noisy episodes of agent ``i``."""
+    import tempfile
+
+    from control.agents import AGENTS, train_agents
+    from control.behaviour import Behaviour, rollout_behaviour
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policies, summaries = train_agents(
+            scripted, profile.agent_steps, seed, agents_dir or tmp, profile.max_episode_steps, progress
+        )
+    parts = [scripted]
+    records: list[dict[str, Any]] = []
+    first = int(scripted.episode.max()) + 1
+    for spec, n in zip(AGENTS, counts):
+        behaviour = Behaviour(spec.name, spec.name, 1.0, noise=spec.noise)
+        policy = policies[spec.name]
+        arrays, features, eps = rollout_behaviour(
+            scripted.env_id, n, seed, profile.max_episode_steps, progress,
+            mix=(behaviour,), controllers={spec.name: lambda env, goal, p=policy: p}, first_episode=first,
+        )  # fmt: skip
+        parts.append(OfflineData(env_id=scripted.env_id, features=features, **arrays))
+        records += eps
+        first += n
+    merged = OfflineData(
+        env_id=scripted.env_id,
+        features={k: np.concatenate([p.features[k] for p in parts]) for k in scripted.features},
+        **{k: np.concatenate([getattr(p, k) for p in parts]) for k in _ARRAYS},
+    )
+    return merged, summaries, records
 
 
 def _behaviour_stats(episodes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -248,7 +311,7 @@ def load_or_generate(
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("config_hash") == want:
             return OfflineData.load(data_path, env_id, manifest)
-    data = generate(env_id, profile, seed, progress)
+    data = generate(env_id, profile, seed, progress, agents_dir=folder / "agents")
     data.save(data_path)  # data first: a manifest without its data is never left behind
     write_json(data.manifest, manifest_path)
     return data

@@ -28,6 +28,8 @@ class Profile:
         latent_dim: dimension of the VAE latent z'.
         max_episode_steps: optional cap on behaviour-episode length (None = the env's own limit); "test"
             caps it so CI never simulates 1000-step MuJoCo episodes.
+        agent_steps: env steps of each behaviour agent's TD3 training (:mod:`control.agents`); 0 = D_tau
+            holds the scripted drivers only.
     """
 
     name: str
@@ -39,11 +41,14 @@ class Profile:
     num_skills: int
     latent_dim: int
     max_episode_steps: int | None = None
+    agent_steps: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("name", "max_episode_steps"):
+                continue
+            if f.name == "agent_steps" and value == 0:
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"profile {self.name!r}: {f.name} must be a positive int, got {value!r}")
@@ -60,8 +65,9 @@ PROFILES: dict[str, Profile] = {
                 eval_episodes=5, num_skills=4, latent_dim=4),
         # sized to the issue's budget of <= 45 min per env and seed on 2 cores (`--workers 2`): 100k env steps
         # per online run (measured 630-820 s per TD3 run; the paper's 3e5 would take ~2 h per env and seed)
+        # behaviour agents as long as the Oracle's run: D_tau then holds the task's safe optimum (see control.agents)
         Profile("paper", data_episodes=400, vae_steps=10_000, skill_steps=30_000, td3_steps=100_000,
-                eval_episodes=10, num_skills=8, latent_dim=8),
+                eval_episodes=10, num_skills=8, latent_dim=8, agent_steps=100_000),
     )
 }  # fmt: skip
 

@@ -138,3 +138,39 @@ def test_circle_stadium_driver_is_fast_and_safe_where_the_plain_circle_is_not() 
     env.close()
     assert stadium[1] == 0 and circle[1] > 10  # the walls at |x| = 6 cost only without wall keeping
     assert stadium[0] > 2 * slow[0] > 0
+
+
+def test_behaviour_agents_join_d_tau_and_are_trained_once(tmp_path, monkeypatch) -> None:
+    """With ``agent_steps`` D_tau = the scripted mix + each agent's share of noisy episodes; the agents are
+    checkpointed next to the cache and reused, and a scripted-only profile keeps its old cache key."""
+    from control import methods
+    from control.agents import AGENTS
+
+    profile = get_profile("test", data_episodes=12, agent_steps=300)
+    data = load_or_generate("Run", profile, root=tmp_path, seed=0, progress=False)
+    m = data.manifest
+    assert data.num_episodes == 12 and m["config"]["agents"]["steps"] == 300
+    for spec in AGENTS:
+        assert m["behaviours"][spec.name]["episodes"] == max(1, round(spec.share * 12))
+        assert m["agents"][spec.name]["episodes"] > 0
+        assert (tmp_path / "SafetyCarRun-v0" / "test-seed0" / "agents" / spec.name / "final.safetensors").exists()
+    penalties = {k: v["cost_penalty"] for k, v in m["agents"].items()}
+    assert penalties["agent_task"] == 0 and penalties["agent_safe"] > 1  # K from the scripted rewards
+    assert np.all(np.diff(data.episode) >= 0) and np.all(np.abs(data.act) <= 1.0)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an agent was retrained although its checkpoint matches")
+
+    monkeypatch.setattr(methods.online, "train_online", no_training)
+    (tmp_path / "SafetyCarRun-v0" / "test-seed0" / "manifest.json").unlink()  # forces D_tau, not the agents
+    again = load_or_generate("Run", profile, root=tmp_path, seed=0, progress=False)
+    np.testing.assert_array_equal(again.act, data.act)
+
+    scripted = offline._config("SafetyCarRun-v0", get_profile("test", data_episodes=12), 0)
+    assert "agents" not in scripted and offline._hash(scripted) != m["config_hash"]
+
+
+def test_profile_rejects_negative_agent_steps() -> None:
+    assert get_profile("test").agent_steps == 0
+    with pytest.raises(ValueError, match="agent_steps"):
+        get_profile("test", agent_steps=-1)
