@@ -87,6 +87,15 @@ class OfflineData:
         _, inverse = np.unique(self.episode, return_inverse=True)
         return (np.bincount(inverse, weights=self.rew), np.bincount(inverse, weights=self.cost))
 
+    def scripted_mask(self) -> np.ndarray:
+        """``(N,)`` bool: steps of the scripted behaviours, i.e. all but the behaviour agents' episodes
+        (:mod:`control.agents`, named in the manifest's per-episode records; all steps without a manifest)."""
+        from control.agents import AGENTS
+
+        names = {a.name for a in AGENTS}
+        agent_episodes = [i for i, e in enumerate(self.manifest.get("episodes", [])) if e["behaviour"] in names]
+        return ~np.isin(self.episode, agent_episodes)
+
     def segment_starts(self, length: int) -> np.ndarray:
         """Every index ``i`` whose ``length`` steps ``i..i+length-1`` lie in one episode, ascending."""
         if length < 1:

@@ -3,7 +3,8 @@
 Definitions (r = env reward, c = env cost of the step, both on the transition just taken):
 
 - **Oracle**: ``r - K c`` with the true cost. ``K`` (option ``cost_penalty``) defaults to
-  :func:`default_cost_penalty`: ``max(1, 2 * q99(|r|))`` over D_tau -- one unit of cost outweighs twice
+  :func:`default_cost_penalty`: ``max(1, 2 * q99(|r|))`` over D_tau's scripted behaviours (not the behaviour
+  agents of :mod:`control.agents`, which optimise r itself) -- one unit of cost outweighs twice
   nearly any single step's reward. Measured on SafetyBallCircle (quick profile, 20k env steps, seed 0):
   with 2x, TD3 ends at reward 278 / cost 28 per episode (Task-only: 605 / 74); with 5x and 10x it
   learns to stand still (reward -1 / cost 0): a larger K needs a longer run (or a K schedule) to leave

@@ -145,6 +145,7 @@ def test_behaviour_agents_join_d_tau_and_are_trained_once(tmp_path, monkeypatch)
     checkpointed next to the cache and reused, and a scripted-only profile keeps its old cache key."""
     from control import methods
     from control.agents import AGENTS
+    from control.methods.baselines import default_cost_penalty
 
     profile = get_profile("test", data_episodes=12, agent_steps=300)
     data = load_or_generate("Run", profile, root=tmp_path, seed=0, progress=False)
@@ -157,6 +158,9 @@ def test_behaviour_agents_join_d_tau_and_are_trained_once(tmp_path, monkeypatch)
     penalties = {k: v["cost_penalty"] for k, v in m["agents"].items()}
     assert penalties["agent_task"] == 0 and penalties["agent_safe"] > 1  # K from the scripted rewards
     assert np.all(np.diff(data.episode) >= 0) and np.all(np.abs(data.act) <= 1.0)
+    scripted = data.scripted_mask()  # the Oracle's K comes from these steps, as the safe agent's did
+    assert set(np.unique(data.episode[~scripted])) == {10, 11}
+    assert default_cost_penalty(data.rew[scripted]) == pytest.approx(penalties["agent_safe"])
 
     def no_training(*args, **kwargs):
         raise AssertionError("an agent was retrained although its checkpoint matches")
