@@ -141,6 +141,9 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
                 f"{results_path} was produced with another configuration (config_hash {done.get('config_hash')} "
                 f"!= {chash}); use a new --out for a different crowd/profile, or delete the run"
             )
+        skills_dir = out / env_id / f"{run.method}-skills" / f"seed{seed}"
+        if run.method in _OURS and (skills_dir / "skills.safetensors").exists():  # runs finished before skills_eval
+            evaluate_skills(env_id, run.method, data, crowd, profile, seed, skills_dir)
         return done
     t0 = time.perf_counter()
     shared = {"skills_dir": out / env_id / f"{run.method}-skills" / f"seed{seed}"} if run.method in _OURS else {}
@@ -166,7 +169,37 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
         "train_seconds": round(t1 - t0, 2), "eval_seconds": round(t2 - t1, 2),
     }  # fmt: skip
     write_json(results, results_path)
+    if run.method in _OURS:
+        evaluate_skills(env_id, run.method, data, crowd, profile, seed, shared["skills_dir"])
     return results
+
+
+def evaluate_skills(env_id: str, method: str, data: Any, crowd: Any, profile: Any, seed: int,
+                    skills_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """Each of the K skills alone (latent fixed, no high level), once per skill fit: ``skills_dir/skills_eval.json``.
+
+    The paper's claim in one table: every skill should be safe on its own, whatever its users wanted."""
+    import numpy as np
+
+    from control.evaluate import evaluate_policy
+    from control.methods import skill_policies
+    from safecrowd_llm.core.atomic import write_json
+
+    path = skills_dir / "skills_eval.json"
+    records, policies, h = skill_policies(method, data, crowd, profile, seed, skills_dir)
+    if path.exists() and (done := json.loads(path.read_text())).get("skills_hash") == h:
+        return done
+    kind = dict(zip(crowd.crowd.annotator_ids, crowd.annotator_types))
+    rows = []
+    for k, (rec, policy) in enumerate(zip(records, policies)):
+        eps = evaluate_policy(env_id, policy, profile.eval_episodes, seed, max_steps=profile.max_episode_steps)
+        types = [kind[a] for a in rec["annotators"]]
+        rows.append({"skill": k, "annotators": len(types), "types": {t: types.count(t) for t in sorted(set(types))},
+                     "log_prior": rec["log_prior"], "mean_reward": float(np.mean([e["reward"] for e in eps])),
+                     "mean_cost": float(np.mean([e["cost"] for e in eps])), "episodes": eps})  # fmt: skip
+    out = {"env": env_id, "method": method, "seed": seed, "skills_hash": h, "skills": rows}
+    write_json(out, path)
+    return out
 
 
 _CACHE: dict[tuple, tuple[Any, Any]] = {}  # per process: (env, seed) -> (D_tau, crowd)

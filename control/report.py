@@ -173,9 +173,34 @@ def write_markdown(summary: dict[str, dict[str, dict[str, Any]]], path: str | Pa
         ]  # fmt: skip
         lines += [f"- {env}: {raw:.1f}" + (f" ({norm:.2f})" if norm is not None else "") for env, raw, norm in ceilings]
         lines.append("")
+    lines += _skill_lines(Path(path).parent, summary)
     text = "\n".join(lines)
     write_text(text, path)
     return text
+
+
+def _skill_lines(out: Path, summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """A table of every skill evaluated alone (``<env>/<method>-skills/seed<k>/skills_eval.json``)."""
+    rows = []
+    for env, methods in summary.items():
+        oracle = methods.get(ORACLE, {}).get("raw_reward")
+        task = methods.get(TASK_ONLY, {}).get("raw_cost")
+        for path in sorted((out / env).glob("*-skills/seed*/skills_eval.json")):
+            ev = json.loads(path.read_text())
+            for sk in ev["skills"]:
+                r, c = sk["mean_reward"], sk["mean_cost"]
+                norm = f"{r / oracle:.2f}" if oracle else "–"
+                norm += f" / {c / task:.2f}" if task else " / –"
+                types = ", ".join(f"{t} {n}" for t, n in sk["types"].items())
+                rows.append(f"| {env} | {ev['method']} | {ev['seed']} | {sk['skill']} | {types} | {norm} | {r:.1f}, {c:.1f} |")
+    if not rows:
+        return []
+    return [
+        "Each skill alone (its latent fixed, no high level), normalised by the env's Oracle / Task-only means: "
+        "the method's claim is that every skill is safe whatever its annotators wanted.", "",
+        "| Env | Method | Seed | Skill | Annotators it covers | reward / cost | raw reward, cost |",
+        "|---|---|---|---|---|---|---|", *rows, "",
+    ]  # fmt: skip
 
 
 def _ceilings(out: Path, summary: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, float, float | None]]:

@@ -60,7 +60,7 @@ from control.td3 import TD3, TD3Config
 from safecrowd_llm.core import GaussianMixturePrior
 from safecrowd_llm.core.atomic import write_json
 
-__all__ = ["METHODS", "MethodConfig", "Policy", "train_method"]
+__all__ = ["METHODS", "MethodConfig", "Policy", "skill_policies", "train_method"]
 
 METHODS: tuple[str, ...] = ("oracle", "task-only", "rc", "sopl", "safe-vpl", "safe-cpl")
 
@@ -143,6 +143,25 @@ def train_method(
     policy = run.train()
     write_json(run.log, workdir / "train_log.json")
     return policy
+
+
+def skill_policies(
+    method: str, data: Any, crowd: Any, profile: Any, seed: int, skills_dir: str | Path, **options: Any
+) -> tuple[list[dict[str, Any]], list[Policy], str]:
+    """The K selected skills of Safe-VPL/CPL, each as a policy with its latent fixed: ``(records, policies,
+    skills_hash)``, records as in ``skill_latents.json`` (latent, log_prior, covered annotators). Loads the fit
+    cached in ``skills_dir`` (fits it first if absent)."""
+    if method not in ("safe-vpl", "safe-cpl"):
+        raise ValueError(f"only Safe-VPL/CPL have skills, got {method!r}")
+    spaces = Spaces.from_data(data)
+    d = Path(skills_dir)
+    run = _Run(method, data, crowd, profile, seed, d, False, MethodConfig.from_options(**options), spaces, skills_dir=d)
+    _, skill = run.skills()
+    saved = json.loads((d / "skill_latents.json").read_text())
+    def fixed(z: torch.Tensor) -> Policy:
+        return ActorPolicy(spaces, lambda x: skill(x, z.expand(x.shape[0], -1)))
+
+    return saved["skills"], [fixed(torch.tensor([s["latent"]])) for s in saved["skills"]], saved["config_hash"]
 
 
 @dataclass

@@ -135,7 +135,7 @@ def test_evaluate_policy_is_deterministic_and_checks_shapes() -> None:
         evaluate_policy("Run", lambda obs: np.zeros(3), episodes=1, seed=0, max_steps=5)
 
 
-def test_parallel_workers_give_the_same_results_as_one_process(tmp_path: Path) -> None:
+def test_parallel_workers_give_the_same_results_as_one_process(tmp_path: Path, monkeypatch) -> None:
     """--workers trains runs in spawned processes (real methods, test profile): same numbers as serially."""
     common = ["--envs", "Circle", "--methods", "task-only", "safe-cpl", "--seeds", "0", "--profile", "test",
               "--data-root", str(tmp_path / "data"), "--no-progress"]  # fmt: skip
@@ -145,6 +145,20 @@ def test_parallel_workers_give_the_same_results_as_one_process(tmp_path: Path) -
         a, b = (json.loads((tmp_path / d / "SafetyBallCircle-v0" / method / "seed0" / "results.json").read_text())
                 for d in ("serial", "parallel"))  # fmt: skip
         assert a["episodes"] == b["episodes"] and a["config_hash"] == b["config_hash"]
+    # every skill is also evaluated alone, once per skill fit, and listed in the report
+    a, b = (json.loads((tmp_path / d / "SafetyBallCircle-v0" / "safe-cpl-skills" / "seed0" / "skills_eval.json")
+                       .read_text()) for d in ("serial", "parallel"))  # fmt: skip
+    assert a["skills"] == b["skills"] and len(a["skills"]) == 2  # the test profile's K
+    for row in a["skills"]:
+        assert len(row["episodes"]) == 2 and sum(row["types"].values()) == row["annotators"] >= 1
+        assert row["mean_cost"] == pytest.approx(np.mean([e["cost"] for e in row["episodes"]]))
+    assert "Each skill alone" in (tmp_path / "serial" / "RESULTS.md").read_text()
+
+    def no_eval(*args, **kwargs):
+        raise AssertionError("re-evaluated although nothing changed")
+
+    monkeypatch.setattr("control.evaluate.evaluate_policy", no_eval)
+    assert benchmark.main([*common, "--out", str(tmp_path / "serial")]) == 0
     with pytest.raises(SystemExit, match="--workers"):
         benchmark.main([*common, "--out", str(tmp_path / "x"), "--workers", "0"])
 
