@@ -187,7 +187,9 @@ def evaluate_skills(env_id: str, method: str, data: Any, crowd: Any, profile: An
 
     path = skills_dir / "skills_eval.json"
     records, policies, h = skill_policies(method, data, crowd, profile, seed, skills_dir)
-    if path.exists() and (done := json.loads(path.read_text())).get("skills_hash") == h:
+    if path.exists() and (done := json.loads(path.read_text())).get("skills_hash") == h and len(
+        done["skills"][0]["episodes"]
+    ) == profile.eval_episodes:
         return done
     kind = dict(zip(crowd.crowd.annotator_ids, crowd.annotator_types))
     rows = []

@@ -158,6 +158,7 @@ def skill_policies(
     run = _Run(method, data, crowd, profile, seed, d, False, MethodConfig.from_options(**options), spaces, skills_dir=d)
     _, skill = run.skills()
     saved = json.loads((d / "skill_latents.json").read_text())
+
     def fixed(z: torch.Tensor) -> Policy:
         return ActorPolicy(spaces, lambda x: skill(x, z.expand(x.shape[0], -1)))
 
