@@ -38,16 +38,20 @@ class AgentSpec:
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("agent_task", 0.0), AgentSpec("agent_safe", 1.0))
 
-# TD3 settings of the agents: the benchmark's online baselines' (control.methods.MethodConfig defaults).
-_HIDDEN, _UPDATE_EVERY, _LEARNING_STARTS, _CHECKPOINT_EVERY = (128, 128), 2, 1_000, 10_000
+def _td3_defaults() -> Any:
+    """The agents train like the benchmark's online baselines: ``control.methods.MethodConfig``'s defaults."""
+    from control.methods import MethodConfig
+
+    return MethodConfig()
 
 
 def agent_config(steps: int) -> dict[str, Any]:
     """JSON-able description of the agents (goes into D_tau's manifest and cache key)."""
+    cfg = _td3_defaults()
     return {
         "steps": steps,
         "agents": [asdict(a) for a in AGENTS],
-        "td3": {"hidden": list(_HIDDEN), "update_every": _UPDATE_EVERY, "learning_starts": _LEARNING_STARTS},
+        "td3": {"hidden": list(cfg.hidden), "update_every": cfg.update_every, "learning_starts": cfg.learning_starts},
     }
 
 
@@ -65,24 +69,18 @@ def train_agents(
     Returns (name -> deterministic policy ``obs -> action`` in env units, name -> training summary).
     """
     from control.methods.baselines import default_cost_penalty
-    from control.methods.common import (
-        ActorPolicy,
-        Spaces,
-        config_hash,
-        data_fingerprint,
-        load_checkpoint,
-        save_checkpoint,
-    )
-    from control.methods.online import OnlineConfig, train_online
+    from control.methods.common import ActorPolicy, Spaces, config_hash, data_fingerprint, load_checkpoint
+    from control.methods.online import OnlineConfig, save_final, train_online
     from control.td3 import TD3, TD3Config
 
+    cfg = _td3_defaults()
     spaces = Spaces.from_data(scripted)
     K = default_cost_penalty(scripted.rew)
     online = OnlineConfig(
         steps=steps,
-        learning_starts=min(_LEARNING_STARTS, max(1, steps // 10)),
-        update_every=_UPDATE_EVERY,
-        checkpoint_every=_CHECKPOINT_EVERY,
+        learning_starts=min(cfg.learning_starts, max(1, steps // 10)),
+        update_every=cfg.update_every,
+        checkpoint_every=cfg.checkpoint_every,
         max_episode_steps=max_episode_steps,
     )
     policies: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
@@ -91,30 +89,19 @@ def train_agents(
         folder = Path(workdir) / spec.name
         folder.mkdir(parents=True, exist_ok=True)
         agent_seed = seed * 1_000 + 17 + i
-        agent = TD3(spaces.obs_dim, spaces.act_dim, TD3Config(hidden=_HIDDEN), seed=agent_seed)
+        agent = TD3(spaces.obs_dim, spaces.act_dim, TD3Config(hidden=cfg.hidden), seed=agent_seed)
         h = config_hash("behaviour-agent", spec.name, spec.penalty, online, K, data_fingerprint(scripted), agent_seed)
-        final = folder / "final.safetensors"
-        if (found := load_checkpoint(final, h)) is not None:
+        penalty = spec.penalty * K
+        if (found := load_checkpoint(folder / "final.safetensors", h)) is not None:
             agent.load_state_tensors(found[0])
             summary = found[1]["summary"]
         else:
-            penalty = spec.penalty * K
             log = train_online(
                 scripted.env_id, agent, spaces, lambda o, a, r, c, o2, k=penalty: r - k * c, online,
                 seed=agent_seed, workdir=folder, config_hash=h, progress=progress,
                 desc=f"{spec.name} ({scripted.env_id})",
             )  # fmt: skip
-            last = log["episodes"][-5:]
-            summary = {
-                "cost_penalty": penalty,
-                "episodes": len(log["episodes"]),
-                "wall_s": round(log["wall_s"], 1),
-                "last_episode_reward": float(np.mean([e["reward"] for e in last])) if last else None,
-                "last_episode_cost": float(np.mean([e["cost"] for e in last])) if last else None,
-            }
-            save_checkpoint(final, agent.state_tensors(), {"config_hash": h, "summary": summary})
-            for stale in ("online_checkpoint.safetensors", "online_checkpoint.json"):
-                (folder / stale).unlink(missing_ok=True)
+            summary = save_final(folder, agent.state_tensors(), log, h)
         policies[spec.name] = ActorPolicy(spaces, agent.actor)
-        summaries[spec.name] = summary
+        summaries[spec.name] = summary | {"cost_penalty": penalty}
     return policies, summaries

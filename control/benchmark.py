@@ -185,12 +185,13 @@ def evaluate_skills(env_id: str, method: str, data: Any, crowd: Any, profile: An
     from control.methods import skill_policies
     from safecrowd_llm.core.atomic import write_json
 
-    path = skills_dir / "skills_eval.json"
+    path, fit = skills_dir / "skills_eval.json", skills_dir / "skills.json"  # fit: the skill checkpoint's sidecar
+    if path.exists() and fit.exists():  # checked before loading the skills: a resumed benchmark passes here per run
+        done = json.loads(path.read_text())
+        same = done.get("skills_hash") == json.loads(fit.read_text()).get("config_hash")
+        if same and len(done["skills"][0]["episodes"]) == profile.eval_episodes:
+            return done
     records, policies, h = skill_policies(method, data, crowd, profile, seed, skills_dir)
-    if path.exists() and (done := json.loads(path.read_text())).get("skills_hash") == h and len(
-        done["skills"][0]["episodes"]
-    ) == profile.eval_episodes:
-        return done
     kind = dict(zip(crowd.crowd.annotator_ids, crowd.annotator_types))
     rows = []
     for k, (rec, policy) in enumerate(zip(records, policies)):

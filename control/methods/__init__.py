@@ -52,7 +52,7 @@ from control.methods.common import (
 )
 from control.methods.composition import CompositionConfig, HighLevelTD3, train_offline_high_level
 from control.methods.latent import LatentConfig, pick_skills, posterior_means
-from control.methods.online import OnlineConfig, train_online
+from control.methods.online import OnlineConfig, save_final, train_online
 from control.methods.options import OptionsConfig, OptionsPolicy, SkillValues, train_options
 from control.methods.skills_cpl import CPLConfig, fit_cpl_skills
 from control.methods.skills_vpl import VPLConfig, fit_vpl_reward, train_vpl_skills
@@ -296,21 +296,10 @@ class _Run:
 
     def finish_online(self, h: str, agent: TD3 | dict[str, torch.Tensor], log: dict[str, Any]) -> None:
         """Log the run's summary and write ``final.safetensors`` (the agent's state, or the given tensors)."""
-        eps = log["episodes"]
-        last = eps[-5:] if eps else []
-        summary = {
-            "episodes": len(eps),
-            "updates": log["updates"],
-            **({"options": log["options"]} if "options" in log else {}),
-            "last_episode_reward": float(np.mean([e["reward"] for e in last])) if last else None,
-            "last_episode_cost": float(np.mean([e["cost"] for e in last])) if last else None,
-        }
-        self.stage("online", log["wall_s"], **summary)
-        self.log["episodes"] = eps
         tensors = agent if isinstance(agent, dict) else agent.state_tensors()
-        save_checkpoint(self.workdir / "final.safetensors", tensors, {"config_hash": h, "summary": summary})
-        (self.workdir / "online_checkpoint.safetensors").unlink(missing_ok=True)
-        (self.workdir / "online_checkpoint.json").unlink(missing_ok=True)
+        summary = save_final(self.workdir, tensors, log, h)
+        self.stage("online", log["wall_s"], **summary)
+        self.log["episodes"] = log["episodes"]
 
     # ---- Safe-VPL / Safe-CPL ---------------------------------------------------------------------------
     def skills(self) -> tuple[Any, torch.nn.Module]:

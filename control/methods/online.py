@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from control.methods.common import Spaces, load_checkpoint, save_checkpoint
 from control.td3 import TD3, ReplayBuffer
 
-__all__ = ["OnlineConfig", "TrainingReward", "train_online"]
+__all__ = ["OnlineConfig", "TrainingReward", "save_final", "train_online"]
 
 # (obs, act, env reward, env cost, next_obs) -> training reward; raw env quantities, one step.
 TrainingReward = Callable[[np.ndarray, np.ndarray, float, float, np.ndarray], float]
@@ -132,6 +132,24 @@ def train_online(
     env.close()
     log["wall_s"] = time.perf_counter() - t0
     return log
+
+
+def save_final(workdir: Path, tensors: dict[str, torch.Tensor], log: dict[str, Any], config_hash: str) -> dict[str, Any]:
+    """Write a finished run's ``workdir/final.safetensors`` (with its summary) and drop the resume checkpoint;
+    returns the summary (episodes, updates, mean reward/cost of the last five episodes)."""
+    eps = log["episodes"]
+    last = eps[-5:]
+    summary = {
+        "episodes": len(eps),
+        "updates": log["updates"],
+        **({"options": log["options"]} if "options" in log else {}),
+        "last_episode_reward": float(np.mean([e["reward"] for e in last])) if last else None,
+        "last_episode_cost": float(np.mean([e["cost"] for e in last])) if last else None,
+    }
+    save_checkpoint(workdir / "final.safetensors", tensors, {"config_hash": config_hash, "summary": summary})
+    for stale in ("online_checkpoint.safetensors", "online_checkpoint.json"):
+        (workdir / stale).unlink(missing_ok=True)
+    return summary
 
 
 def _save(

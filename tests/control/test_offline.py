@@ -169,6 +169,7 @@ def test_behaviour_agents_join_d_tau_and_are_trained_once(tmp_path, monkeypatch)
     (tmp_path / "SafetyCarRun-v0" / "test-seed0" / "manifest.json").unlink()  # forces D_tau, not the agents
     again = load_or_generate("Run", profile, root=tmp_path, seed=0, progress=False)
     np.testing.assert_array_equal(again.act, data.act)
+    assert again.manifest["agents"] == m["agents"]
 
     scripted = offline._config("SafetyCarRun-v0", get_profile("test", data_episodes=12), 0)
     assert "agents" not in scripted and offline._hash(scripted) != m["config_hash"]
