@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
     p.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing")
+    p.add_argument("--train-only", action="store_true", help="train, score nothing (e.g. on a GPU box; score later)")
     return p.parse_args(argv)
 
 
@@ -122,6 +123,8 @@ def main(argv=None) -> None:
     if not args.score_only:
         with ThreadPoolExecutor(args.parallel) as pool:
             seconds = list(pool.map(lambda r: train(args, r[1], out / r[0]), runs))
+    if args.train_only:
+        return
     world = TextWorld.from_yaml(args.world)
     _, prompts = world.split_prompts()
     rows = []

@@ -40,9 +40,8 @@ def method_from_argv(argv: list[str]) -> str:
     return "safe-cpl"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    method = method_from_argv(argv)
+def make_parser(method: str) -> TrlParser:
+    """The parser of one method's options: the data arguments plus that method's trainer config."""
     if method not in ALL_METHODS:
         raise SystemExit(f"unknown method {method!r}; choose one of {ALL_METHODS}")
     config_cls = POOLED_METHODS[method] if method in POOLED_METHODS else METHODS[method][0]
@@ -50,7 +49,13 @@ def main(argv: list[str] | None = None) -> dict:
         (SkillDataArguments, config_cls), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of option values (CLI overrides it).")
-    data_args, training_args = parser.parse_args_and_config(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    method = method_from_argv(argv)
+    data_args, training_args = make_parser(method).parse_args_and_config(argv)
     if method in POOLED_METHODS:
         print(f"pooled baseline saved to {train_pooled(data_args, training_args)}")
         return {}

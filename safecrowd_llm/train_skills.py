@@ -56,6 +56,11 @@ class SkillDataArguments:
         default=0,
         metadata={"help": "torch CPU threads (0 = torch's default). On a small shared CPU, 1 avoids oversubscription."},
     )
+    export_only: bool = field(
+        default=False,
+        metadata={"help": "Train nothing: load <output_dir>/latent_model and export the skills again (e.g. another "
+                  "--num_skills)."},
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ALL_METHODS:
@@ -113,18 +118,23 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
     context = (args.context_min, args.context_max)
     train_set = AnnotatorSetDataset(train_crowd, context, args.max_target_pairs, seed=args.seed)
     eval_set = AnnotatorSetDataset(eval_crowd, context, args.max_target_pairs, seed=args.seed + 1) if eval_crowd else None
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=train_set, tokens=tokens, eval_dataset=eval_set,
-        processing_class=tokenizer,
-    )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(str(out / "latent_model"))
-    if not trainer.accelerator.is_main_process:
-        return {}
+    if data_args.export_only:
+        model.load_trainable(out / "latent_model")
+    else:
+        trainer = trainer_cls(
+            model=model, args=args, train_dataset=train_set, tokens=tokens, eval_dataset=eval_set,
+            processing_class=tokenizer,
+        )
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        trainer.save_model(str(out / "latent_model"))
+        if not trainer.accelerator.is_main_process:
+            return {}
+        model = trainer.accelerator.unwrap_model(trainer.model)
     _, manifest = export_skills(
-        trainer.accelerator.unwrap_model(trainer.model), train_crowd, out / "skills",
+        model, train_crowd, out / "skills",
         num_skills=args.num_skills, k_range=(args.skill_k_min, args.skill_k_max), seed=args.seed,
-        training_config={"data": vars(data_args), "training": args.to_dict()},
+        training_config={"data": {k: v for k, v in vars(data_args).items() if k != "export_only"},
+                         "training": args.to_dict()},
     )
     logger.info("exported %d skills to %s", len(manifest["skills"]), out / "skills")
     return manifest

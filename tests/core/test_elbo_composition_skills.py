@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from safecrowd_llm.core import (
+    GaussianMixturePrior,
     HighLevelPolicy,
     KLSchedule,
     StandardNormalPrior,
@@ -109,3 +110,14 @@ def test_skill_selection_finds_the_clusters_and_who_they_cover():
     assert select_skills(means, ids, prior, k=2, seed=0).latents.tolist() == select_skills(means, ids, prior, k=2, seed=0).latents.tolist()
     with pytest.raises(ValueError, match="annotators"):
         select_skills(means, ids[:-1], prior, k=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_select_skills_with_a_learned_prior_on_the_gpu():
+    """k-means runs on the CPU; a learned prior trained on the GPU must still score its centres."""
+    prior = GaussianMixturePrior(2, 3, seed=0).cuda()
+    means = torch.cat([torch.randn(5, 2) * 0.1 + c for c in (-3.0, 0.0, 3.0)])
+    sel = select_skills(means, [f"a{i}" for i in range(15)], prior, k=3)
+    assert sel.log_prior.device.type == "cpu"
+    torch.testing.assert_close(sel.log_prior, prior.cpu().log_prob(sel.latents))

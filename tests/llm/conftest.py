@@ -61,18 +61,31 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def _vpl_arguments(root, out, **overrides):
+    """The tiny Safe-VPL run's arguments (data, config) on ``base_and_crowd``'s files."""
+    from safecrowd_llm.train_skills import SkillDataArguments
+    from safecrowd_llm.trainers import SafeVPLConfig
+
+    data = SkillDataArguments(method="safe-vpl", base_model=str(root / "base"), dataset=str(root / "crowd.jsonl"),
+                              cpu_threads=1, export_only=overrides.pop("export_only", False))
+    args = dict(output_dir=str(out), max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+                report_to="none", use_cpu=True, latent_dim=2, encoder_hidden_dim=16, encoder_layers=1,
+                max_target_pairs=2, lora_r=2, num_skills=2, eval_annotator_fraction=0.0, disable_tqdm=True,
+                learning_rate=1e-2, max_length=96)
+    return data, SafeVPLConfig(**{**args, **overrides})
+
+
 @pytest.fixture(scope="session")
 def vpl_run(base_and_crowd, tmp_path_factory):
     """A Safe-VPL run directory (latent_model/ + skills/), trained for a few steps on the tiny crowd."""
-    from safecrowd_llm.train_skills import SkillDataArguments, train_skills
-    from safecrowd_llm.trainers import SafeVPLConfig
+    from safecrowd_llm.train_skills import train_skills
 
     out = tmp_path_factory.mktemp("vpl")
-    data = SkillDataArguments(method="safe-vpl", base_model=str(base_and_crowd / "base"),
-                              dataset=str(base_and_crowd / "crowd.jsonl"), cpu_threads=1)
-    args = SafeVPLConfig(output_dir=str(out), max_steps=3, per_device_train_batch_size=2, save_strategy="no",
-                         report_to="none", use_cpu=True, latent_dim=2, encoder_hidden_dim=16, encoder_layers=1,
-                         max_target_pairs=2, lora_r=2, num_skills=2, eval_annotator_fraction=0.0, disable_tqdm=True,
-                         learning_rate=1e-2, max_length=96)
-    train_skills(data, args)
+    train_skills(*_vpl_arguments(base_and_crowd, out))
     return out
+
+
+@pytest.fixture(scope="session")
+def vpl_arguments():
+    """``(root, out, **overrides) -> (data, config)``: the arguments ``vpl_run`` was trained with."""
+    return _vpl_arguments

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -141,6 +142,35 @@ def test_recipe_help_lists_method_options():
         capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
     ).stdout
     assert "--lam" in out and "--latent_dim" in out and "--kl_schedule" in out
+
+
+def _train_skills_recipe():
+    spec = importlib.util.spec_from_file_location("train_skills_recipe", ROOT / "recipes" / "train_skills.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_shipped_skills_config_parses():
+    """The YAMLs the recipe ships (the GPU one included, which CI never runs) name only known options."""
+    recipe = _train_skills_recipe()
+    configs = [p for p in sorted((ROOT / "recipes").glob("*.yaml")) if f"train_skills.py --config recipes/{p.name}" in p.read_text()]
+    assert any(p.name == "pku_qwen_cpl_gpu.yaml" for p in configs) and len(configs) >= 3
+    for path in configs:
+        argv = ["--config", str(path), "--use_cpu", "true"]  # the GPU config's bf16 is checked against the device
+        data_args, training_args = recipe.make_parser(recipe.method_from_argv(argv)).parse_args_and_config(argv)
+        assert data_args.dataset and training_args.output_dir, path.name
+    gpu = ROOT / "recipes" / "pku_qwen_cpl_gpu.yaml"
+    _, training_args = recipe.make_parser("safe-cpl").parse_args_and_config(["--config", str(gpu), "--use_cpu", "true"])
+    assert training_args.bf16 and training_args.warmup_steps == 0.05  # a ratio of the total steps
+
+
+def test_unknown_config_option_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: safe-cpl\ndataset: x.jsonl\nwarmup_ratio: 0.05\n")
+    recipe = _train_skills_recipe()
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        recipe.make_parser("safe-cpl").parse_args_and_config(["--config", str(bad)])
 
 
 def test_sequence_logps_discounts_response_tokens_from_the_first_one() -> None:

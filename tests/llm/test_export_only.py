@@ -1,0 +1,29 @@
+"""``train_skills.py --export_only``: the skills of a trained run exported again, without training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("trl", reason="needs the llm extra: pip install -e '.[llm]'")
+
+from safecrowd_llm.train_skills import train_skills
+
+
+def test_export_only_reproduces_the_trained_skills_and_can_change_k(vpl_run, vpl_arguments, base_and_crowd, tmp_path):
+    shutil.copytree(vpl_run / "latent_model", tmp_path / "latent_model")
+    trained = json.loads((vpl_run / "skills" / "skills.json").read_text())
+
+    again = train_skills(*vpl_arguments(base_and_crowd, tmp_path, export_only=True))
+    assert [s["latent"] for s in again["skills"]] == [s["latent"] for s in trained["skills"]]
+    assert (tmp_path / "skills" / "skill_1" / "adapter_model.safetensors").exists()
+
+    three = train_skills(*vpl_arguments(base_and_crowd, tmp_path, export_only=True, num_skills=3))
+    assert len(three["skills"]) == 3 and len(list((tmp_path / "skills").glob("skill_*"))) >= 3
+
+
+def test_export_only_without_a_trained_model_names_what_is_missing(vpl_arguments, base_and_crowd, tmp_path):
+    with pytest.raises(FileNotFoundError, match="latent_model"):
+        train_skills(*vpl_arguments(base_and_crowd, tmp_path, export_only=True))
