@@ -47,6 +47,13 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
         default=0.1,
         metadata={"help": "Weight of the NLL of chosen responses under z' (keeps a small model fluent)."},
     )
+    kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the per-token KL(pi(.|x, y_<t, z') || pi_ref(.|x, y_<t)) over the whole vocabulary at "
+                  "the response positions of both responses (an extra no-grad forward of the base per step). The "
+                  "regret can be lowered by moving mass to text nobody wrote; this keeps the distribution the "
+                  "preferences did not ask to change where the base had it."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimisation steps."})
@@ -60,5 +67,7 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
             raise ValueError(f"discount_from must be 'response' or 'divergence', got {self.discount_from!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         super().__post_init__()
         self.validate_latent_args()

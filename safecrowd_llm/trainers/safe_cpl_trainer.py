@@ -19,7 +19,7 @@ from ..latent_lora import latent_lora_layers, set_latent
 from .base_trainer import LatentSetTrainer, sequence_logps
 from .set_data import TokenizedPairs, _pad_right
 
-__all__ = ["SafeCPLTrainer", "reference_logps"]
+__all__ = ["SafeCPLTrainer", "reference_logps", "token_kl"]
 
 
 @torch.no_grad()
@@ -56,6 +56,15 @@ def reference_logps(
     return out[0], out[1]
 
 
+def token_kl(logits: Tensor, ref_logits: Tensor, response_mask: Tensor) -> Tensor:
+    """Mean over response positions of KL(softmax(logits) || softmax(ref_logits)), the whole vocabulary."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)
+    kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, L-1): position t predicts token t+1
+    mask = response_mask[:, 1:].to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
 class SafeCPLTrainer(LatentSetTrainer):
     """Trains a :class:`LatentSkillModel` of kind ``safe-cpl`` with a :class:`SafeCPLConfig`."""
 
@@ -75,7 +84,14 @@ class SafeCPLTrainer(LatentSetTrainer):
         elif self.args.gamma != 1.0:
             f = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"], self.args.gamma)[0]
         ratio = f - inputs["ref_logps"] if self.args.use_reference else f
-        return {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
+        scores = {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
+        if self.args.kl_coef:
+            with torch.no_grad():
+                set_latent(model.backbone, None)  # the latent LoRA off: the base
+                ref_logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            set_latent(model.backbone, z_seq)  # back on: backward may re-run the forward
+            scores["token_kl"] = token_kl(logits, ref_logits, inputs["response_mask"])
+        return scores
 
     def pair_log_likelihood(self, scores, y, weights):
         f = scores["ratio"]
@@ -90,4 +106,9 @@ class SafeCPLTrainer(LatentSetTrainer):
         nll = -scores["logps"][:m].sum() / scores["n_tokens"][:m].sum().clamp(min=1)
         f = scores["ratio"]
         metrics = {"bc_nll": nll.item(), "accuracy": (f[:m] > f[m:]).float().mean().item()}
-        return (self.args.bc_coef * nll if self.args.bc_coef else None), metrics
+        loss = self.args.bc_coef * nll if self.args.bc_coef else None
+        if "token_kl" in scores:
+            metrics["token_kl"] = scores["token_kl"].item()
+            kl = self.args.kl_coef * scores["token_kl"]
+            loss = kl if loss is None else loss + kl
+        return loss, metrics

@@ -31,6 +31,7 @@ from safecrowd_llm.trainers import (
     SafeVPLTrainer,
     tokenize_pairs,
 )
+from safecrowd_llm.trainers.safe_cpl_trainer import token_kl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,6 +87,39 @@ def test_cpl_learns_the_crowd_preferences(setup, tmp_path):
     trainer.train()
     ll = [h["log_lik"] for h in trainer.state.log_history if "log_lik" in h]
     assert ll[-1] > ll[0] + 0.05, ll
+
+
+def test_token_kl_is_zero_at_the_reference_and_ignores_prompt_positions():
+    logits = torch.randn(2, 5, 7)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]])
+    assert token_kl(logits, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    moved = logits.clone()
+    moved[0, 0] += torch.randn(7) * 3  # position t predicts token t + 1: here prompt token 1 of row 0
+    moved[1, 3:] += torch.randn(2, 7) * 3  # position 4 is past the end; position 3 predicts padding
+    assert token_kl(moved, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    moved[0, 2] += torch.randn(7) * 3
+    assert token_kl(moved, logits, mask).item() > 0.01
+
+
+def _final_token_kl(trainer) -> float:
+    trainer.args.kl_coef = trainer.args.kl_coef or 1.0  # measured also where it was not trained
+    trainer.model.eval()
+    for batch in trainer.get_train_dataloader():
+        with torch.no_grad():
+            trainer.compute_loss(trainer.model, batch)
+    values = trainer._metrics["eval"]["token_kl"]
+    return sum(values) / len(values)
+
+
+def test_kl_to_the_base_keeps_the_policy_near_it(setup, tmp_path):
+    runs = {}
+    for coef in (0.0, 5.0):
+        trainer = make_trainer(setup, "safe-cpl", tmp_path / str(coef), max_steps=30, learning_rate=1e-2, kl_coef=coef)
+        trainer.train()
+        runs[coef] = trainer
+    assert "token_kl" in runs[5.0].state.log_history[0] and "token_kl" not in runs[0.0].state.log_history[0]
+    free, held = _final_token_kl(runs[0.0]), _final_token_kl(runs[5.0])
+    assert held < 0.5 * free, (held, free)
 
 
 def test_resume_from_checkpoint_gives_the_uninterrupted_result(setup, tmp_path):
