@@ -85,10 +85,10 @@ def select_skills(
             raise ValueError(f"k must be in [1, {n}] (the number of annotators), got {k}")
         fit = _kmeans(x, k, seed)
     latents = torch.as_tensor(fit.cluster_centers_, dtype=torch.float32)
-    # a learned prior (e.g. the mixture) may live on the GPU; k-means ran on the CPU
-    param = next(itertools.chain(prior.parameters(), prior.buffers()), None) if isinstance(prior, torch.nn.Module) else None
+    # a learned prior (e.g. the mixture) may sit on the GPU; the k-means centres are on the CPU
+    device = next(itertools.chain(prior.parameters(), prior.buffers()), latents).device
     with torch.no_grad():
-        log_prior = prior.log_prob(latents if param is None else latents.to(param.device)).float().cpu()
+        log_prior = prior.log_prob(latents.to(device)).float().cpu()
     labels = fit.labels_.tolist()
     covered = [[a for a, lab in zip(annotator_ids, labels) if lab == i] for i in range(k)]
     return SkillSelection(latents, log_prior, covered, dict(zip(annotator_ids, labels)), scores)
