@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
+import torch
 
 pytest.importorskip("trl", reason="needs the llm extra: pip install -e '.[llm]'")
 
@@ -27,3 +29,11 @@ def test_export_only_reproduces_the_trained_skills_and_can_change_k(vpl_run, vpl
 def test_export_only_without_a_trained_model_names_what_is_missing(vpl_arguments, base_and_crowd, tmp_path):
     with pytest.raises(FileNotFoundError, match="latent_model"):
         train_skills(*vpl_arguments(base_and_crowd, tmp_path, export_only=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_the_gpu_with_a_learned_prior_exports_its_skills(vpl_arguments, base_and_crowd, tmp_path):
+    """What broke on the first GPU run: a mixture prior on cuda:0 scoring the CPU k-means centres."""
+    manifest = train_skills(*vpl_arguments(base_and_crowd, tmp_path, use_cpu=False, prior="mixture", prior_components=2))
+    assert len(manifest["skills"]) == 2 and all(math.isfinite(s["log_prior"]) for s in manifest["skills"])
