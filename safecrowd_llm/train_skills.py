@@ -108,19 +108,21 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
         train_crowd, eval_crowd = crowd.split(args.eval_annotator_fraction, seed=args.seed)
     else:
         train_crowd, eval_crowd = crowd, None
-    tokens = tokenize_pairs(tokenizer, ds["prompt"], ds["chosen"], ds["rejected"], args.max_length)
     logger.info("%d annotators (%d held out), %d comparisons", len(crowd), len(eval_crowd or ()), n)
 
     model = LatentSkillModel.build(
         backbone, args, feature_dim=emb.shape[1], base_model_name_or_path=data_args.base_model,
         kind=data_args.method, seed=args.seed,
     )
-    context = (args.context_min, args.context_max)
-    train_set = AnnotatorSetDataset(train_crowd, context, args.max_target_pairs, seed=args.seed)
-    eval_set = AnnotatorSetDataset(eval_crowd, context, args.max_target_pairs, seed=args.seed + 1) if eval_crowd else None
-    if data_args.export_only:
+    if data_args.export_only:  # the crowd (its split and features) is all export needs
         model.load_trainable(out / "latent_model")
     else:
+        tokens = tokenize_pairs(tokenizer, ds["prompt"], ds["chosen"], ds["rejected"], args.max_length)
+        context = (args.context_min, args.context_max)
+        train_set = AnnotatorSetDataset(train_crowd, context, args.max_target_pairs, seed=args.seed)
+        eval_set = (
+            AnnotatorSetDataset(eval_crowd, context, args.max_target_pairs, seed=args.seed + 1) if eval_crowd else None
+        )
         trainer = trainer_cls(
             model=model, args=args, train_dataset=train_set, tokens=tokens, eval_dataset=eval_set,
             processing_class=tokenizer,
