@@ -54,6 +54,12 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
                   "regret can be lowered by moving mass to text nobody wrote; this keeps the distribution the "
                   "preferences did not ask to change where the base had it."},
     )
+    kl_positions: str = field(
+        default="all",
+        metadata={"help": "Where the kl_coef term applies: 'all' response positions, or 'continuation': the k-th token "
+                  "(counted like f's discount) weighs 1 - gamma**k, so the opening that decides answer vs refusal is "
+                  "free and only the rest of the response is held to the base.", "choices": ["all", "continuation"]},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimisation steps."})
@@ -67,6 +73,10 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
             raise ValueError(f"discount_from must be 'response' or 'divergence', got {self.discount_from!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.kl_positions not in ("all", "continuation"):
+            raise ValueError(f"kl_positions must be 'all' or 'continuation', got {self.kl_positions!r}")
+        if self.kl_positions == "continuation" and self.gamma == 1.0:
+            raise ValueError("kl_positions='continuation' needs gamma < 1 (it frees the tokens the discount weighs)")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         super().__post_init__()

@@ -56,13 +56,19 @@ def reference_logps(
     return out[0], out[1]
 
 
-def token_kl(logits: Tensor, ref_logits: Tensor, response_mask: Tensor) -> Tensor:
-    """Mean over response positions of KL(softmax(logits) || softmax(ref_logits)), the whole vocabulary."""
+def token_kl(logits: Tensor, ref_logits: Tensor, response_mask: Tensor, free_gamma: float = 0.0) -> Tensor:
+    """Weighted mean over response positions of KL(softmax(logits) || softmax(ref_logits)), the whole vocabulary.
+
+    ``free_gamma > 0`` weighs the k-th response token by ``1 - free_gamma**k``: the opening tokens, where the
+    discounted regret decides answer vs refusal, are left free and the continuation is held to the base.
+    """
     logp = torch.log_softmax(logits[:, :-1].float(), -1)
     ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)
     kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, L-1): position t predicts token t+1
-    mask = response_mask[:, 1:].to(kl.dtype)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    weight = response_mask[:, 1:].to(kl.dtype)
+    if free_gamma > 0:
+        weight = weight * (1 - free_gamma ** (weight.cumsum(-1) - 1).clamp(min=0))
+    return (kl * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
 class SafeCPLTrainer(LatentSetTrainer):
@@ -90,7 +96,8 @@ class SafeCPLTrainer(LatentSetTrainer):
                 set_latent(model.backbone, None)  # the latent LoRA off: the base
                 ref_logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             set_latent(model.backbone, z_seq)  # back on: backward may re-run the forward
-            scores["token_kl"] = token_kl(logits, ref_logits, inputs["response_mask"])
+            free = self.args.gamma if self.args.kl_positions == "continuation" else 0.0
+            scores["token_kl"] = token_kl(logits, ref_logits, inputs["response_mask"], free)
         return scores
 
     def pair_log_likelihood(self, scores, y, weights):

@@ -101,6 +101,19 @@ def test_token_kl_is_zero_at_the_reference_and_ignores_prompt_positions():
     assert token_kl(moved, logits, mask).item() > 0.01
 
 
+def test_continuation_kl_leaves_the_first_response_token_free():
+    logits = torch.randn(1, 6, 7)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])  # position 1 predicts response token 0
+    opening, later = logits.clone(), logits.clone()
+    opening[0, 1] += torch.randn(7) * 3
+    later[0, 3] += torch.randn(7) * 3
+    assert token_kl(opening, logits, mask).item() > 0.01
+    assert token_kl(opening, logits, mask, free_gamma=0.85).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl(later, logits, mask, free_gamma=0.85).item() > 0.01
+    with pytest.raises(ValueError, match="gamma < 1"):
+        SafeCPLConfig(output_dir="x", kl_coef=1.0, kl_positions="continuation", gamma=1.0)
+
+
 def _final_token_kl(trainer) -> float:
     trainer.args.kl_coef = trainer.args.kl_coef or 1.0  # measured also where it was not trained
     trainer.model.eval()
