@@ -17,6 +17,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="runs trained at once")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
-    p.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing")
+    p.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing (without --set: every run found under --out)")
     p.add_argument("--train-only", action="store_true", help="train, score nothing (e.g. on a GPU box; score later)")
     return p.parse_args(argv)
 
@@ -74,6 +75,13 @@ def train(args: argparse.Namespace, overrides: dict[str, str], out: Path) -> flo
     if rc:
         print(f"{out.name}: training failed (rc {rc}), see {out / 'train.log'}", flush=True)
     return time.time() - start
+
+
+def train_runtime(run: Path) -> float:
+    """The Trainer's ``train_runtime`` from a run's log (0 if it has none yet)."""
+    log = run / "train.log"
+    found = re.findall(r"'train_runtime': '([0-9.]+)'", log.read_text(errors="replace")) if log.exists() else []
+    return float(found[-1]) if found else 0.0
 
 
 def score(run: Path, world, prompts) -> dict:
@@ -119,10 +127,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     runs = [(run_name(o), o) for o in grid(args.set)]
-    seconds = [0.0] * len(runs)
+    if args.score_only and not args.set:  # every finished run under --out, e.g. trained elsewhere in groups
+        runs = [(str(m.parent.parent.relative_to(out)), {}) for m in sorted(out.glob("**/skills/skills.json"))]
+    seconds = [train_runtime(out / name) for name, _ in runs]
     if not args.score_only:
         with ThreadPoolExecutor(args.parallel) as pool:
-            seconds = list(pool.map(lambda r: train(args, r[1], out / r[0]), runs))
+            wall = list(pool.map(lambda r: train(args, r[1], out / r[0]), runs))
+        seconds = [t or w for t, w in zip((train_runtime(out / name) for name, _ in runs), wall, strict=True)]
     if args.train_only:
         return
     world = TextWorld.from_yaml(args.world)
