@@ -19,7 +19,7 @@ from ..latent_lora import latent_lora_layers, set_latent
 from .base_trainer import LatentSetTrainer, sequence_logps
 from .set_data import TokenizedPairs, _pad_right
 
-__all__ = ["SafeCPLTrainer", "reference_logps", "token_kl"]
+__all__ = ["SafeCPLTrainer", "continuation_weights", "reference_logps", "token_kl"]
 
 
 @torch.no_grad()
@@ -56,19 +56,24 @@ def reference_logps(
     return out[0], out[1]
 
 
-def token_kl(logits: Tensor, ref_logits: Tensor, response_mask: Tensor, free_gamma: float = 0.0) -> Tensor:
-    """Weighted mean over response positions of KL(softmax(logits) || softmax(ref_logits)), the whole vocabulary.
+def token_kl(logits: Tensor, ref_logits: Tensor, weight: Tensor) -> Tensor:
+    """Weighted mean over positions of KL(softmax(logits) || softmax(ref_logits)), the whole vocabulary.
 
-    ``free_gamma > 0`` weighs the k-th response token by ``1 - free_gamma**k``: the opening tokens, where the
-    discounted regret decides answer vs refusal, are left free and the continuation is held to the base.
+    ``weight (B, L)`` is per token (e.g. the response mask, or :func:`continuation_weights`).
     """
     logp = torch.log_softmax(logits[:, :-1].float(), -1)
     ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)
     kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, L-1): position t predicts token t+1
-    weight = response_mask[:, 1:].to(kl.dtype)
-    if free_gamma > 0:
-        weight = weight * (1 - free_gamma ** (weight.cumsum(-1) - 1).clamp(min=0))
-    return (kl * weight).sum() / weight.sum().clamp(min=1e-6)
+    w = weight[:, 1:].to(kl.dtype)
+    return (kl * w).sum() / w.sum().clamp(min=1e-6)
+
+
+def continuation_weights(response_mask: Tensor, decision_mask: Tensor, gamma: float) -> Tensor:
+    """Per-token KL weights that leave the judged decision free: the k-th token of ``decision_mask`` (where f's
+    discount counts) weighs ``1 - gamma**k``, response tokens before it (a prefix both responses share) weigh 1."""
+    d = decision_mask.float()
+    k = (d.cumsum(-1) - 1).clamp(min=0)
+    return response_mask.float() * (1 - d) + d * (1 - gamma**k)
 
 
 class SafeCPLTrainer(LatentSetTrainer):
@@ -96,8 +101,11 @@ class SafeCPLTrainer(LatentSetTrainer):
                 set_latent(model.backbone, None)  # the latent LoRA off: the base
                 ref_logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             set_latent(model.backbone, z_seq)  # back on: backward may re-run the forward
-            free = self.args.gamma if self.args.kl_positions == "continuation" else 0.0
-            scores["token_kl"] = token_kl(logits, ref_logits, inputs["response_mask"], free)
+            weight = inputs["response_mask"]
+            if self.args.kl_positions == "continuation":
+                decision = inputs["divergence_mask"] if self.args.discount_from == "divergence" else weight
+                weight = continuation_weights(weight, decision, self.args.gamma)
+            scores["token_kl"] = token_kl(logits, ref_logits, weight)
         return scores
 
     def pair_log_likelihood(self, scores, y, weights):

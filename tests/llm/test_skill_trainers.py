@@ -31,7 +31,7 @@ from safecrowd_llm.trainers import (
     SafeVPLTrainer,
     tokenize_pairs,
 )
-from safecrowd_llm.trainers.safe_cpl_trainer import token_kl
+from safecrowd_llm.trainers.safe_cpl_trainer import continuation_weights, token_kl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,9 +107,13 @@ def test_continuation_kl_leaves_the_first_response_token_free():
     opening, later = logits.clone(), logits.clone()
     opening[0, 1] += torch.randn(7) * 3
     later[0, 3] += torch.randn(7) * 3
+    free_opening = continuation_weights(mask, mask, 0.85)
     assert token_kl(opening, logits, mask).item() > 0.01
-    assert token_kl(opening, logits, mask, free_gamma=0.85).item() == pytest.approx(0.0, abs=1e-6)
-    assert token_kl(later, logits, mask, free_gamma=0.85).item() > 0.01
+    assert token_kl(opening, logits, free_opening).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl(later, logits, free_opening).item() > 0.01
+    # from the divergence (token 2 of the response): the shared prefix is held, the decision is free
+    decision = torch.tensor([[0, 0, 0, 0, 1, 1]])
+    torch.testing.assert_close(continuation_weights(mask, decision, 0.5), torch.tensor([[0, 0, 1, 1, 0, 0.5]]))
     with pytest.raises(ValueError, match="gamma < 1"):
         SafeCPLConfig(output_dir="x", kl_coef=1.0, kl_positions="continuation", gamma=1.0)
 
