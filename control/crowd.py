@@ -24,7 +24,7 @@ import numpy as np
 
 from control.offline import OfflineData
 
-__all__ = ["USER_TYPES", "CrowdSpec", "SimulatedCrowd", "UserType", "make_crowd", "user_types"]
+__all__ = ["USER_TYPES", "CrowdSpec", "SimulatedCrowd", "UserType", "label_stats", "make_crowd", "user_types"]
 
 Features = dict[str, np.ndarray]  # name -> (M, T)
 Goal = dict[str, float]
@@ -375,3 +375,66 @@ def make_crowd(data: OfflineData, spec: CrowdSpec) -> SimulatedCrowd:
         returns=np.concatenate(returns).astype(np.float32),
         annotator_goals=goals,
     )
+
+
+def label_stats(crowd: SimulatedCrowd, data: OfflineData) -> dict[str, dict[str, float]]:
+    """How much of the shared principle the labels carry, for the whole crowd (``"all"``) and per user type.
+
+    Per group: ``pairs``; ``differ`` the fraction of pairs whose two segments differ in costly steps (only these
+    say anything about safety); ``follows_safer`` among them, the fraction labelled for the safer segment;
+    ``conflict`` the fraction of pairs where the annotator's own goal (r_user alone) prefers the costlier segment,
+    and ``follows_safer_in_conflict`` how often the label still picks the safer one there. A crowd whose labels
+    rarely differ in cost, or always agree with the users' goals anyway, cannot teach the principle.
+    """
+    if crowd.returns is None:
+        raise ValueError(f"{crowd.env_id}: the crowd has no per-pair returns (made by make_crowd it always has)")
+    T = crowd.segment_length
+    costly = np.concatenate([[0], np.cumsum(data.cost > 0)])
+    n = costly[crowd.pairs + T] - costly[crowd.pairs]  # (P, 2) costly steps per side
+    user = crowd.returns + crowd.spec.K * n  # r_user alone
+    differ = n[:, 0] != n[:, 1]
+    a_safer = n[:, 0] < n[:, 1]
+    follows = (crowd.labels > 0.5) == a_safer
+    conflict = differ & (user[:, 0] != user[:, 1]) & ((user[:, 0] > user[:, 1]) != a_safer)
+    types = np.asarray(crowd.annotator_types)[crowd.annotator]
+
+    def frac(mask: np.ndarray, within: np.ndarray) -> float:
+        return float(mask[within].mean()) if within.any() else float("nan")
+
+    out = {}
+    for name in ["all", *dict.fromkeys(crowd.annotator_types)]:
+        g = np.ones(len(types), bool) if name == "all" else types == name
+        out[name] = {"pairs": int(g.sum()), "differ": frac(differ, g), "follows_safer": frac(follows, g & differ),
+                     "conflict": frac(conflict, g), "follows_safer_in_conflict": frac(follows, g & conflict)}  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m control.crowd --envs Reach --profile paper``: draw each env's crowd over its cached D_tau and
+    print :func:`label_stats` (generates D_tau first if it is not cached)."""
+    import argparse
+
+    from control.offline import load_or_generate
+    from control.profiles import PROFILES, get_profile
+
+    p = argparse.ArgumentParser(prog="python -m control.crowd", description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--envs", nargs="+", default=["Run", "Circle", "Reach", "HalfCheetah-vel", "Hopper-vel", "Swimmer-vel"])
+    p.add_argument("--profile", default="quick", choices=list(PROFILES))
+    p.add_argument("--crowd", type=Path, default=Path(__file__).parent / "crowds" / "balanced.yaml", help="crowd spec YAML")
+    p.add_argument("--seed", type=int, default=0, help="added to the crowd's seed, as the benchmark does per seed")
+    p.add_argument("--root", type=Path, default=Path("runs/control/data"), help="D_tau cache")
+    args = p.parse_args(argv)
+    spec = CrowdSpec.from_yaml(args.crowd)
+    spec = spec.with_overrides(seed=spec.seed + args.seed)
+    print("| env | group | pairs | differ in cost | label follows safer | goal prefers costlier | label follows safer there |")
+    print("|---|---|---|---|---|---|---|")
+    for env in args.envs:
+        data = load_or_generate(env, get_profile(args.profile), args.root)
+        crowd = make_crowd(data, spec)
+        for name, s in label_stats(crowd, data).items():
+            print(f"| {crowd.env_id} | {name} | {s['pairs']} | {s['differ']:.3f} | {s['follows_safer']:.3f} "
+                  f"| {s['conflict']:.3f} | {s['follows_safer_in_conflict']:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ pytest.importorskip("yaml")
 
 import torch
 
-from control.crowd import USER_TYPES, CrowdSpec, make_crowd, segment_returns, user_types
+from control.crowd import USER_TYPES, CrowdSpec, label_stats, make_crowd, segment_returns, user_types
 from control.offline import OfflineData
 
 torch.set_num_threads(1)
@@ -168,3 +168,16 @@ def test_spec_errors_name_the_file_and_field(tmp_path: Path, cheetah: OfflineDat
         CrowdSpec.from_yaml(tmp_path / "nope.yaml")
     with pytest.raises(ValueError, match="need >= 2"):
         make_crowd(cheetah, CrowdSpec(segment_length=500))
+
+
+def test_label_stats_show_the_shared_principle_and_its_absence() -> None:
+    data = synthetic_data("SafetyHalfCheetahVelocity-v1", unsafe_episodes=tuple(range(0, 40, 2)))
+    spec = CrowdSpec(num_annotators=8, pairs_per_annotator=40, segment_length=10, temperature=0.0, K=10.0)
+    stats = label_stats(make_crowd(data, spec), data)
+    assert set(stats) == {"all", "slow", "fast"} and stats["all"]["pairs"] == 320
+    assert 0.2 < stats["all"]["differ"] < 0.8  # half the episodes are costly
+    assert stats["all"]["follows_safer"] == 1.0 and stats["all"]["conflict"] > 0.05
+    assert stats["all"]["follows_safer_in_conflict"] == 1.0  # K = 10 outweighs any goal (r_user >= -2 per step)
+    blind = label_stats(make_crowd(data, spec.with_overrides(K=0.0)), data)
+    assert blind["all"]["follows_safer_in_conflict"] == 0.0  # without the penalty the goal decides
+    assert blind["all"]["follows_safer"] < 0.9
