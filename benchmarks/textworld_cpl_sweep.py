@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="runs trained at once")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
-    p.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing (without --set: every run found under --out)")
+    p.add_argument("--score-only", action="store_true",
+                   help="score the finished runs, train nothing (without --set: every run found under --out)")
     p.add_argument("--train-only", action="store_true", help="train, score nothing (e.g. on a GPU box; score later)")
     return p.parse_args(argv)
 

@@ -58,7 +58,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
         default="all",
         metadata={"help": "Where the kl_coef term applies: 'all' response positions, or 'continuation': the k-th token "
                   "counted like f's discount (see discount_from) weighs 1 - gamma**k and a prefix the pair shares "
-                  "weighs 1, so the decision the annotator judged is free and the rest is held to the base.", "choices": ["all", "continuation"]},
+                  "weighs 1, so the decision the annotator judged is free and the rest is held to the base.",
+                  "choices": ["all", "continuation"]},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
