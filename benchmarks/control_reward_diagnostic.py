@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = CrowdSpec.from_yaml(args.crowd).with_overrides(**over)
     crowd = make_crowd(data, spec.with_overrides(seed=spec.seed + args.seed))
     spaces = Spaces.from_data(data)
-    cfg = MethodConfig()
-    vpl = replace(cfg.vpl, latent=cfg.latent, reward_hidden=cfg.hidden[0])
+    _, vpl = MethodConfig().skill_configs()  # the benchmark's Safe-VPL settings
     mcrowd = model_crowd(crowd.crowd, spaces)
     vae, reward, hist = fit_vpl_reward(mcrowd, prof.latent_dim, steps, vpl, seed=args.seed, progress=True)
     means, _, ids = posterior_means(vae, mcrowd)

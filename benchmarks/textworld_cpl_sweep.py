@@ -130,11 +130,11 @@ def main(argv=None) -> None:
     runs = [(run_name(o), o) for o in grid(args.set)]
     if args.score_only and not args.set:  # every finished run under --out, e.g. trained elsewhere in groups
         runs = [(str(m.parent.parent.relative_to(out)), {}) for m in sorted(out.glob("**/skills/skills.json"))]
-    seconds = [train_runtime(out / name) for name, _ in runs]
+    wall = [0.0] * len(runs)
     if not args.score_only:
         with ThreadPoolExecutor(args.parallel) as pool:
             wall = list(pool.map(lambda r: train(args, r[1], out / r[0]), runs))
-        seconds = [t or w for t, w in zip((train_runtime(out / name) for name, _ in runs), wall, strict=True)]
+    seconds = [train_runtime(out / name) or w for (name, _), w in zip(runs, wall, strict=True)]
     if args.train_only:
         return
     world = TextWorld.from_yaml(args.world)

@@ -115,6 +115,13 @@ class MethodConfig:
             raise ValueError("high_level='options' is online only and has no prior_target / beta_switch")
         return cfg
 
+    def skill_configs(self) -> tuple[CPLConfig, VPLConfig]:
+        """Safe-CPL's and Safe-VPL's configs with this run's latent settings and network widths filled in."""
+        cpl = replace(self.cpl, latent=self.latent, policy_hidden=self.hidden)
+        vpl = replace(self.vpl, latent=self.latent, reward_hidden=self.hidden[0],
+                      td3=replace(self.vpl.td3, hidden=self.hidden))  # fmt: skip
+        return cpl, vpl
+
 
 def train_method(
     method: str,
@@ -307,11 +314,7 @@ class _Run:
         cfg, prof = self.config, self.profile
         mcrowd = model_crowd(self.crowd.crowd, self.spaces)
         dtau = self.spaces.tensors(self.data)
-        latent = replace(cfg.latent)
-        cpl = replace(cfg.cpl, latent=latent, policy_hidden=cfg.hidden)
-        vpl = replace(
-            cfg.vpl, latent=latent, reward_hidden=cfg.hidden[0], td3=replace(cfg.vpl.td3, hidden=cfg.hidden)
-        )
+        cpl, vpl = cfg.skill_configs()
         h = config_hash("skills", self.method, cpl if self.method == "safe-cpl" else vpl, *self.inputs)
         path = self.skills_dir / "skills.safetensors"
         found = load_checkpoint(path, h)
