@@ -39,6 +39,12 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
                   "and gamma < 1, a decision made late in a response (e.g. to stop or go on) weighs almost nothing.",
                   "choices": ["response", "divergence"]},
     )
+    regret_window: int = field(
+        default=0,
+        metadata={"help": "Count only the first N tokens of f, from where discount_from puts t = 0 (0 = all). With "
+                  "'divergence' this scores the decision the annotator judged and leaves the rest of a rejected "
+                  "response alone (the regret pushing it down breaks a small model's fluency; BC keeps the chosen)."},
+    )
     use_reference: bool = field(
         default=True,
         metadata={"help": "Score log-ratios against the frozen base (DPO-style) instead of raw log-probs."},
@@ -78,6 +84,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
             raise ValueError(f"kl_positions must be 'all' or 'continuation', got {self.kl_positions!r}")
         if self.kl_positions == "continuation" and self.gamma == 1.0:
             raise ValueError("kl_positions='continuation' needs gamma < 1 (it frees the tokens the discount weighs)")
+        if self.regret_window < 0:
+            raise ValueError(f"regret_window must be >= 0 (0 = every token), got {self.regret_window}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         super().__post_init__()

@@ -4,7 +4,8 @@ For an annotator's latent z' the policy pi(y | x, z') is the base LM with the la
 Each target comparison is scored with the CPL regret likelihood (core ``cpl_log_likelihood``) on
 f = alpha * sum_t gamma^t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)], with conservative bias lam;
 t counts from the first response token, or (``discount_from: divergence``) from the first token where the
-comparison's two responses differ, the decision the annotator actually judged.
+comparison's two responses differ, the decision the annotator actually judged; ``regret_window: N`` counts only
+the first N of those tokens, so the regret never pushes down the rest of a rejected response.
 A behaviour-cloning term on the chosen responses keeps a small model fluent (CPL alone erodes it).
 """
 
@@ -19,16 +20,17 @@ from ..latent_lora import latent_lora_layers, set_latent
 from .base_trainer import LatentSetTrainer, sequence_logps
 from .set_data import TokenizedPairs, _pad_right
 
-__all__ = ["SafeCPLTrainer", "continuation_weights", "reference_logps", "token_kl"]
+__all__ = ["SafeCPLTrainer", "continuation_weights", "first_tokens", "reference_logps", "token_kl"]
 
 
 @torch.no_grad()
 def reference_logps(
     model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id: int, batch_size: int = 32, gamma: float = 1.0,
-    from_divergence: bool = False,
+    from_divergence: bool = False, window: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """(Discounted) summed log-prob of every chosen and rejected response under ``model`` as it is now
-    (``from_divergence``: of the tokens from where the pair's two responses first differ, as the trainer scores).
+    (``from_divergence``: of the tokens from where the pair's two responses first differ; ``window``: of only the
+    first ``window`` of them — as the trainer scores).
 
     Call it before training: a freshly injected latent LoRA is zero, so this is the base model.
     """
@@ -48,12 +50,17 @@ def reference_logps(
             pos = torch.arange(ids.shape[1], device=device)
             lengths = torch.tensor([len(s) for s in chunk], device=device)
             attn = pos < lengths[:, None]
-            resp = attn & (pos >= torch.tensor(pl, device=device)[:, None])
+            resp = first_tokens(attn & (pos >= torch.tensor(pl, device=device)[:, None]), window)
             logits = model(input_ids=ids, attention_mask=attn.long()).logits
             sums.append(sequence_logps(logits, ids, resp, gamma)[0].cpu())
         out.append(torch.cat(sums))
     model.train(was_training)
     return out[0], out[1]
+
+
+def first_tokens(mask: Tensor, n: int) -> Tensor:
+    """The first ``n`` set positions of each row of a ``(B, L)`` mask (all of them when ``n`` is 0)."""
+    return mask if n <= 0 else mask & (mask.long().cumsum(-1) <= n)
 
 
 def token_kl(logits: Tensor, ref_logits: Tensor, weight: Tensor) -> Tensor:
@@ -83,17 +90,19 @@ class SafeCPLTrainer(LatentSetTrainer):
         if args.use_reference and tokens.ref_chosen is None:
             pad = kwargs["processing_class"].pad_token_id if kwargs.get("processing_class") is not None else 0
             tokens.ref_chosen, tokens.ref_rejected = reference_logps(
-                model.backbone, tokens, pad, gamma=args.gamma, from_divergence=args.discount_from == "divergence")
+                model.backbone, tokens, pad, gamma=args.gamma, from_divergence=args.discount_from == "divergence",
+                window=args.regret_window)
         super().__init__(model, args, train_dataset, tokens, **kwargs)
 
     def pair_scores(self, model, inputs, z_seq):
         logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         logps, n_tokens = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"])
         f = logps
-        if self.args.discount_from == "divergence":
-            f = sequence_logps(logits, inputs["input_ids"], inputs["divergence_mask"], self.args.gamma)[0]
-        elif self.args.gamma != 1.0:
-            f = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"], self.args.gamma)[0]
+        from_divergence = self.args.discount_from == "divergence"
+        if from_divergence or self.args.gamma != 1.0 or self.args.regret_window:
+            decision = inputs["divergence_mask"] if from_divergence else inputs["response_mask"]
+            f = sequence_logps(
+                logits, inputs["input_ids"], first_tokens(decision, self.args.regret_window), self.args.gamma)[0]
         ratio = f - inputs["ref_logps"] if self.args.use_reference else f
         scores = {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
         if self.args.kl_coef:

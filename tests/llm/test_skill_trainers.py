@@ -281,3 +281,37 @@ def test_cpl_from_divergence_scores_only_the_tokens_after_the_shared_prefix(setu
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
     with pytest.raises(ValueError, match="discount_from"):
         SafeCPLConfig(output_dir=str(tmp_path), discount_from="middle", use_cpu=True)
+
+
+def test_regret_window_scores_only_the_first_tokens_of_the_decision(setup, tmp_path):
+    """With ``regret_window: 2`` the regret's gradient reaches only the first two tokens from the divergence: the rest
+    of both responses (the rejected one's above all) gets none, and the reference log-probs count the same tokens."""
+    from safecrowd_llm.trainers.safe_cpl_trainer import first_tokens, reference_logps
+
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    assert first_tokens(mask, 2).tolist() == [[0, 1, 1, 0, 0], [0, 0, 0, 1, 1]]
+    assert torch.equal(first_tokens(mask, 0), mask)
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, discount_from="divergence", gamma=0.9, regret_window=2,
+                           bc_coef=0.0)
+    tokens = setup["tokens"]
+    every = reference_logps(trainer.model.backbone, tokens, 0, gamma=0.9, from_divergence=True)[0]
+    window = reference_logps(trainer.model.backbone, tokens, 0, gamma=0.9, from_divergence=True, window=2)[0]
+    longer = torch.tensor([len(c) - p - s > 2 for c, p, s in zip(tokens.chosen, tokens.chosen_prompt_len, tokens.shared)])
+    assert longer.any() and (window[longer].abs() < every[longer].abs()).all()
+
+    captured = []
+
+    def keep_logits(module, args, out):
+        out.logits.retain_grad()
+        captured.append(out.logits)
+
+    hook = trainer.model.backbone.register_forward_hook(keep_logits)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model, batch).backward()
+    hook.remove()
+    scored = first_tokens(batch["divergence_mask"], 2)[:, 1:]  # logits at t predict token t + 1
+    for logits in captured:
+        grad = logits.grad[:, :-1].abs().sum(-1)
+        assert (grad[~scored] == 0).all() and (grad[scored] > 0).all()
+    with pytest.raises(ValueError, match="regret_window"):
+        SafeCPLConfig(output_dir=str(tmp_path), regret_window=-1, use_cpu=True)
