@@ -64,8 +64,14 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
         default="all",
         metadata={"help": "Where the kl_coef term applies: 'all' response positions, or 'continuation': the k-th token "
                   "counted like f's discount (see discount_from) weighs 1 - gamma**k and a prefix the pair shares "
-                  "weighs 1, so the decision the annotator judged is free and the rest is held to the base.",
-                  "choices": ["all", "continuation"]},
+                  "weighs 1, so the decision the annotator judged is free and the rest is held to the base; or "
+                  "'confident': only tokens the base predicted with top-token probability >= kl_confidence (grammar, "
+                  "words copied from the prompt), leaving free every choice the base hesitated on.",
+                  "choices": ["all", "continuation", "confident"]},
+    )
+    kl_confidence: float = field(
+        default=0.9,
+        metadata={"help": "With kl_positions='confident': the base's top-token probability from which a position is held."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
@@ -80,8 +86,10 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
             raise ValueError(f"discount_from must be 'response' or 'divergence', got {self.discount_from!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
-        if self.kl_positions not in ("all", "continuation"):
-            raise ValueError(f"kl_positions must be 'all' or 'continuation', got {self.kl_positions!r}")
+        if self.kl_positions not in ("all", "continuation", "confident"):
+            raise ValueError(f"kl_positions must be 'all', 'continuation' or 'confident', got {self.kl_positions!r}")
+        if not 0.0 < self.kl_confidence < 1.0:
+            raise ValueError(f"kl_confidence must be in (0, 1), got {self.kl_confidence}")
         if self.kl_positions == "continuation" and self.gamma == 1.0:
             raise ValueError("kl_positions='continuation' needs gamma < 1 (it frees the tokens the discount weighs)")
         if self.regret_window < 0:

@@ -20,7 +20,7 @@ from ..latent_lora import latent_lora_layers, set_latent
 from .base_trainer import LatentSetTrainer, sequence_logps
 from .set_data import TokenizedPairs, _pad_right
 
-__all__ = ["SafeCPLTrainer", "continuation_weights", "first_tokens", "reference_logps", "token_kl"]
+__all__ = ["SafeCPLTrainer", "confident_positions", "continuation_weights", "first_tokens", "reference_logps", "token_kl"]
 
 
 @torch.no_grad()
@@ -83,6 +83,16 @@ def continuation_weights(response_mask: Tensor, decision_mask: Tensor, gamma: fl
     return response_mask.float() * (1 - d) + d * (1 - gamma**k)
 
 
+def confident_positions(ref_logits: Tensor, response_mask: Tensor, threshold: float) -> Tensor:
+    """Per-token KL weights: 1 on response tokens the reference predicted with probability >= ``threshold`` for its top
+    token (what the base is sure of: grammar, copying a word from the prompt), 0 where it hesitated — the choices
+    (refuse or answer, which style) the preferences are about."""
+    sure = torch.softmax(ref_logits[:, :-1].float(), -1).amax(-1) >= threshold  # position t predicts token t + 1
+    weight = torch.zeros_like(response_mask, dtype=torch.float32)
+    weight[:, 1:] = response_mask[:, 1:].float() * sure
+    return weight
+
+
 class SafeCPLTrainer(LatentSetTrainer):
     """Trains a :class:`LatentSkillModel` of kind ``safe-cpl`` with a :class:`SafeCPLConfig`."""
 
@@ -114,6 +124,8 @@ class SafeCPLTrainer(LatentSetTrainer):
             if self.args.kl_positions == "continuation":
                 decision = inputs["divergence_mask"] if self.args.discount_from == "divergence" else weight
                 weight = continuation_weights(weight, decision, self.args.gamma)
+            elif self.args.kl_positions == "confident":
+                weight = confident_positions(ref_logits, weight, self.args.kl_confidence)
             scores["token_kl"] = token_kl(logits, ref_logits, weight)
         return scores
 

@@ -31,7 +31,7 @@ from safecrowd_llm.trainers import (
     SafeVPLTrainer,
     tokenize_pairs,
 )
-from safecrowd_llm.trainers.safe_cpl_trainer import continuation_weights, token_kl
+from safecrowd_llm.trainers.safe_cpl_trainer import confident_positions, continuation_weights, token_kl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,6 +116,25 @@ def test_continuation_kl_leaves_the_first_response_token_free():
     torch.testing.assert_close(continuation_weights(mask, decision, 0.5), torch.tensor([[0, 0, 1, 1, 0, 0.5]]))
     with pytest.raises(ValueError, match="gamma < 1"):
         SafeCPLConfig(output_dir="x", kl_coef=1.0, kl_positions="continuation", gamma=1.0)
+
+
+def test_confident_kl_holds_only_what_the_base_was_sure_of(setup, tmp_path):
+    ref = torch.zeros(1, 5, 4)
+    ref[0, 1, 2] = 10.0  # position 1 is sure of token 2's successor ...
+    ref[0, 2, :2] = 3.0  # ... position 2 hesitates between two tokens
+    ref[0, 3, 0] = 10.0
+    mask = torch.tensor([[0, 1, 1, 1, 1]])  # position 0 (prompt) predicts response token 1
+    assert confident_positions(ref, mask, 0.9).tolist() == [[0, 0, 1, 0, 1]]
+    moved = ref.clone()
+    moved[0, 2] = torch.tensor([0.0, 5.0, 0.0, 0.0])  # a new choice where the base hesitated: free
+    assert token_kl(moved, ref, confident_positions(ref, mask, 0.9)).item() == pytest.approx(0.0, abs=1e-6)
+    moved[0, 3] = torch.tensor([0.0, 10.0, 0.0, 0.0])  # overriding what the base was sure of: held
+    assert token_kl(moved, ref, confident_positions(ref, mask, 0.9)).item() > 1.0
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, max_steps=4, kl_coef=1.0, kl_positions="confident")
+    trainer.train()
+    assert all(math.isfinite(h["token_kl"]) for h in trainer.state.log_history if "token_kl" in h)
+    with pytest.raises(ValueError, match="kl_confidence"):
+        SafeCPLConfig(output_dir=str(tmp_path), kl_positions="confident", kl_confidence=1.0, use_cpu=True)
 
 
 def _final_token_kl(trainer) -> float:
