@@ -42,8 +42,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
     regret_window: int = field(
         default=0,
         metadata={"help": "Count only the first N tokens of f, from where discount_from puts t = 0 (0 = all). With "
-                  "'divergence' this scores the decision the annotator judged and leaves the rest of a rejected "
-                  "response alone (the regret pushing it down breaks a small model's fluency; BC keeps the chosen)."},
+                  "'divergence' this scores the decision the annotator judged and never pushes down the rest of a "
+                  "rejected response (on the text world it did not make the skills more fluent: BENCHMARKS.md)."},
     )
     use_reference: bool = field(
         default=True,
