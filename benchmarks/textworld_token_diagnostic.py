@@ -72,7 +72,8 @@ def main(argv=None) -> None:
         fav = per_prompt[torch.arange(len(prompts)), best].mean(0)  # (skill/base, kind)
         cells = " | ".join(f"{fav[0, k]:.2f} ({fav[1, k]:.2f})" for k in range(3))
         print(f"| {skill['name']} | {fav[0].sum():.2f} | {cells} |")
-        for p in prompts[: args.samples and 1]:
+        if args.samples:  # a look at the text itself, on the first prompt
+            p = prompts[0]
             chat = tok.apply_chat_template([{"role": "user", "content": p.text}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)
             torch.manual_seed(0)
