@@ -120,8 +120,8 @@ def test_continuation_kl_leaves_the_first_response_token_free():
 
 def test_confident_kl_holds_only_what_the_base_was_sure_of(setup, tmp_path):
     ref = torch.zeros(1, 5, 4)
-    ref[0, 1, 2] = 10.0  # position 1 is sure of token 2's successor ...
-    ref[0, 2, :2] = 3.0  # ... position 2 hesitates between two tokens
+    ref[0, 1, 2] = 10.0  # position 1 (it predicts token 2) is sure ...
+    ref[0, 2, :2] = 3.0  # ... position 2 hesitates between two vocabulary entries
     ref[0, 3, 0] = 10.0
     mask = torch.tensor([[0, 1, 1, 1, 1]])  # position 0 (prompt) predicts response token 1
     assert confident_positions(ref, mask, 0.9).tolist() == [[0, 0, 1, 0, 1]]
