@@ -11,6 +11,8 @@ A behaviour-cloning term on the chosen responses keeps a small model fluent (CPL
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -87,7 +89,8 @@ def confident_positions(ref_logits: Tensor, response_mask: Tensor, threshold: fl
     """Per-token KL weights: 1 on response tokens the reference predicted with probability >= ``threshold`` for its top
     token (what the base is sure of: grammar, copying a word from the prompt), 0 where it hesitated — the choices
     (refuse or answer, which style) the preferences are about."""
-    sure = torch.softmax(ref_logits[:, :-1].float(), -1).amax(-1) >= threshold  # position t predicts token t + 1
+    ref = ref_logits[:, :-1].float()  # position t predicts token t + 1
+    sure = ref.amax(-1) - ref.logsumexp(-1) >= math.log(threshold)  # log of the top token's probability, no (B, L, V) copy
     weight = torch.zeros_like(response_mask, dtype=torch.float32)
     weight[:, 1:] = response_mask[:, 1:].float() * sure
     return weight
