@@ -129,11 +129,23 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
         )
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         trainer.save_model(str(out / "latent_model"))
-        if not trainer.accelerator.is_main_process:
-            return {}
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        accelerator = trainer.accelerator
+        # the main process exports; every rank then leaves the process group together (a rank that exits while
+        # gloo's threads still run can abort: "terminate called without an active exception")
+        manifest = (
+            _export(accelerator.unwrap_model(trainer.model), train_crowd, out, data_args, args)
+            if accelerator.is_main_process else {}
+        )
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return manifest
+    return _export(model, train_crowd, out, data_args, args)
+
+
+def _export(model: LatentSkillModel, crowd, out: Path, data_args: SkillDataArguments, args) -> dict:
+    """Cluster the crowd's posteriors into skills and write them as PEFT adapters under ``out/skills``."""
     _, manifest = export_skills(
-        model, train_crowd, out / "skills",
+        model, crowd, out / "skills",
         num_skills=args.num_skills, k_range=(args.skill_k_min, args.skill_k_max), seed=args.seed,
         training_config={"data": {k: v for k, v in vars(data_args).items() if k != "export_only"},
                          "training": args.to_dict()},
