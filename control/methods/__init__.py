@@ -52,7 +52,7 @@ from control.methods.common import (
 )
 from control.methods.composition import CompositionConfig, HighLevelTD3, train_offline_high_level
 from control.methods.latent import LatentConfig, pick_skills, posterior_means
-from control.methods.online import OnlineConfig, save_final, train_online
+from control.methods.online import OnlineConfig, relabelled, save_final, train_online
 from control.methods.options import OptionsConfig, OptionsPolicy, SkillValues, train_options
 from control.methods.skills_cpl import CPLConfig, fit_cpl_skills
 from control.methods.skills_vpl import VPLConfig, fit_vpl_reward, train_vpl_skills
@@ -89,6 +89,9 @@ class MethodConfig:
     update_every: int = 2  # env steps per TD3 update online (2 halves the compute of a quick run)
     learning_starts: int = 1_000  # capped at a tenth of the profile's td3_steps
     checkpoint_every: int = 10_000
+    # share of every TD3 batch of the online baselines drawn from D_tau, relabelled with the baseline's own training
+    # reward (0 = online data only, as in the paper's setting; the Oracle then never matched D_tau's best episodes)
+    dtau_replay: float = 0.5
     hidden: tuple[int, ...] = (128, 128)  # every TD3 actor/critic and decoder
     latent: LatentConfig = field(default_factory=LatentConfig)
     cpl: CPLConfig = field(default_factory=CPLConfig)
@@ -105,6 +108,8 @@ class MethodConfig:
         cfg = replace(cls(), **options)
         if cfg.update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {cfg.update_every}")
+        if not 0.0 <= cfg.dtau_replay < 1.0:
+            raise ValueError(f"dtau_replay must be in [0, 1), got {cfg.dtau_replay}")
         if cfg.hl_prior not in ("vae", "aggregate"):
             raise ValueError(f"hl_prior must be 'vae' or 'aggregate', got {cfg.hl_prior!r}")
         if cfg.high_level not in ("td3", "options"):
@@ -217,7 +222,7 @@ class _Run:
 
     # ---- baselines --------------------------------------------------------------------------------------
     def training_reward(self):
-        """The per-step training reward of a baseline (see :mod:`control.methods.baselines`)."""
+        """The training reward of a baseline, of one step or a batch (see :mod:`control.methods.baselines`)."""
         cfg, data = self.config, self.data
         # K from the scripted behaviours only: the agents optimise r itself, so their steps would tie K to how well
         # they trained (Circle, paper: 4.6 -> 12.3, and the Oracle then learns to stand still)
@@ -261,11 +266,11 @@ class _Run:
         g = score.raw(data.obs, data.act)
         if is_sopl:
             score.a, score.clip = 1.0 / max(float(np.quantile(g, 0.99)), 1e-8), (0.0, 1.0)
-            return lambda o, a, r, c, o2: r - K * float(score(o, a))
+            return lambda o, a, r, c, o2: r - K * score(o, a)
         score.a, score.b = match_scale(g, data.rew)
         omega = cfg.omega
         self.log["omega"] = omega
-        return lambda o, a, r, c, o2: float(rc_mix(r, float(score(o, a)), omega))
+        return lambda o, a, r, c, o2: rc_mix(r, score(o, a), omega)
 
     def train_baseline(self) -> Policy:
         reward_fn = self.training_reward()
@@ -276,6 +281,8 @@ class _Run:
             "update_every": cfg.update_every,
             "online": self.online,
         }
+        if cfg.dtau_replay > 0:  # absent at 0, so runs from before the option keep their cache
+            relevant["dtau_replay"] = cfg.dtau_replay
         if self.method in ("oracle", "sopl"):
             relevant["cost_penalty"] = self.log["cost_penalty"]
         if self.method in ("rc", "sopl"):
@@ -289,6 +296,8 @@ class _Run:
         log = train_online(
             self.data.env_id, agent, self.spaces, reward_fn, self.online, seed=self.seed, workdir=self.workdir,
             config_hash=h, progress=self.progress, desc=self.method,
+            offline=relabelled(self.spaces, self.data, reward_fn) if cfg.dtau_replay > 0 else None,
+            offline_fraction=cfg.dtau_replay,
         )  # fmt: skip
         self.finish_online(h, agent, log)
         return ActorPolicy(self.spaces, agent.actor)

@@ -6,6 +6,10 @@ high-level TD3 over skills) and (b) the *training* reward computed from each tra
 reward (Task-only, the high-level policy), r - K cost (Oracle), a reward mix (RC), r - K c_hat (SOPL).
 Logged episode returns are always the env's reward and cost.
 
+Optionally a fixed share of every TD3 batch comes from D_tau, relabelled with the run's training reward
+(symmetric sampling, as in RLPD): the baselines then see the same offline data the skills were learned
+from, and an online Oracle need not rediscover, from scratch, behaviour D_tau already holds.
+
 Seeding: the env is built with ``seed`` and episode ``e`` is reset with ``seed * 100_000 + e``; all
 exploration noise comes from the agent's generator and all replay sampling from the buffer's, so a
 run is a function of its seed. A checkpoint (agent, optimisers, buffer, RNG states) is written at the
@@ -30,9 +34,10 @@ from tqdm.auto import tqdm
 from control.methods.common import Spaces, load_checkpoint, save_checkpoint
 from control.td3 import TD3, ReplayBuffer
 
-__all__ = ["OnlineConfig", "TrainingReward", "save_final", "train_online"]
+__all__ = ["OnlineConfig", "TrainingReward", "relabelled", "save_final", "train_online"]
 
-# (obs, act, env reward, env cost, next_obs) -> training reward; raw env quantities, one step.
+# (obs, act, env reward, env cost, next_obs) -> training reward; raw env quantities, one step (or a batch of
+# them, stacked on a leading axis, for relabelling D_tau).
 TrainingReward = Callable[[np.ndarray, np.ndarray, float, float, np.ndarray], float]
 
 
@@ -63,15 +68,28 @@ def train_online(
     config_hash: str = "",
     progress: bool = True,
     desc: str = "td3",
+    offline: dict[str, np.ndarray] | None = None,
+    offline_fraction: float = 0.5,
 ) -> dict[str, Any]:
     """Train ``agent`` online on ``env_name`` for ``config.steps`` env steps; returns the training log
-    (per-episode env reward/cost/length, wall time, updates)."""
+    (per-episode env reward/cost/length, wall time, updates).
+
+    ``offline``: transitions in model space (``obs, act, rew, next_obs, terminal``; ``rew`` already the training
+    reward); when given, ``offline_fraction`` of every batch is drawn from them, the rest from the online buffer.
+    """
     from control.envs import make_env
 
     env = make_env(env_name, seed)
     buffer = ReplayBuffer(
         spaces.obs_dim, spaces.act_dim, min(config.steps, agent.config.buffer_size), seed=seed + 3
     )
+    offline_buffer, n_offline = None, 0
+    if offline is not None:
+        if not 0.0 < offline_fraction < 1.0:
+            raise ValueError(f"offline_fraction must be in (0, 1), got {offline_fraction}")
+        offline_buffer = ReplayBuffer(spaces.obs_dim, spaces.act_dim, len(offline["rew"]), seed=seed + 5)
+        offline_buffer.load_arrays(offline, 0)
+        n_offline = round(agent.config.batch_size * offline_fraction)
     log: dict[str, Any] = {"episodes": [], "updates": 0, "wall_s": 0.0}
     step, episode = 0, 0
     ckpt = (
@@ -84,6 +102,8 @@ def train_online(
             {k[7:]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}, meta["buffer_pos"]
         )
         buffer.rng.bit_generator.state = meta["buffer_rng"]
+        if offline_buffer is not None:
+            offline_buffer.rng.bit_generator.state = meta["offline_rng"]
         torch.set_rng_state(tensors["torch_rng"])
         step, episode, log = meta["step"], meta["episode"], meta["log"]
     last_ckpt = step
@@ -104,7 +124,7 @@ def train_online(
             act = spaces.act.unscale(u).squeeze(0).numpy().astype(np.float32)
         next_obs, rew, terminated, truncated, info = env.step(act)
         cost = float(info["cost"])
-        train_r = reward_fn(obs, act, rew, cost, next_obs)
+        train_r = float(reward_fn(obs, act, rew, cost, next_obs))
         x2 = to_model(next_obs)
         buffer.add(x.squeeze(0).numpy(), u.squeeze(0).numpy(), train_r, x2.squeeze(0).numpy(), terminated)
         ep_rew, ep_cost, ep_len = ep_rew + rew, ep_cost + cost, ep_len + 1
@@ -112,7 +132,12 @@ def train_online(
         step += 1
         bar.update(1)
         if step >= config.learning_starts and step % config.update_every == 0:
-            agent.update(buffer.sample(agent.config.batch_size))
+            if offline_buffer is None:
+                batch = buffer.sample(agent.config.batch_size)
+            else:
+                on, off = buffer.sample(agent.config.batch_size - n_offline), offline_buffer.sample(n_offline)
+                batch = {k: torch.cat([on[k], off[k]]) for k in on}
+            agent.update(batch)
             log["updates"] += 1
         if config.max_episode_steps is not None and ep_len >= config.max_episode_steps:
             truncated = True
@@ -124,7 +149,7 @@ def train_online(
             ep_len = 0
             if ckpt is not None and step - last_ckpt >= config.checkpoint_every and step < config.steps:
                 log["wall_s"] = time.perf_counter() - t0
-                _save(ckpt, agent, buffer, step, episode, log, config_hash)
+                _save(ckpt, agent, buffer, step, episode, log, config_hash, offline_buffer)
                 last_ckpt = step
             obs, _ = env.reset(seed=_episode_seed(seed, episode))
             x = to_model(obs)
@@ -132,6 +157,13 @@ def train_online(
     env.close()
     log["wall_s"] = time.perf_counter() - t0
     return log
+
+
+def relabelled(spaces: Spaces, data: Any, reward_fn: TrainingReward) -> dict[str, np.ndarray]:
+    """D_tau's transitions in model space with ``rew`` replaced by ``reward_fn`` (``train_online``'s ``offline``)."""
+    out = {k: v.numpy() for k, v in spaces.tensors(data).items()}
+    out["rew"] = np.asarray(reward_fn(data.obs, data.act, data.rew, data.cost, data.next_obs), np.float32)
+    return out
 
 
 def save_final(workdir: Path, tensors: dict[str, torch.Tensor], log: dict[str, Any], config_hash: str) -> dict[str, Any]:
@@ -153,7 +185,8 @@ def save_final(workdir: Path, tensors: dict[str, torch.Tensor], log: dict[str, A
 
 
 def _save(
-    path: Path, agent: TD3, buffer: ReplayBuffer, step: int, episode: int, log: dict, config_hash: str
+    path: Path, agent: TD3, buffer: ReplayBuffer, step: int, episode: int, log: dict, config_hash: str,
+    offline_buffer: ReplayBuffer | None = None,
 ) -> None:
     tensors = {f"agent.{k}": v for k, v in agent.state_tensors().items()}
     tensors |= {f"buffer.{k}": torch.from_numpy(v) for k, v in buffer.arrays().items()}
@@ -166,4 +199,6 @@ def _save(
         "buffer_rng": json.loads(json.dumps(buffer.rng.bit_generator.state)),
         "log": log,
     }
+    if offline_buffer is not None:  # its data is D_tau's, rebuilt on resume; only where its sampling stood
+        meta["offline_rng"] = json.loads(json.dumps(offline_buffer.rng.bit_generator.state))
     save_checkpoint(path, tensors, meta)

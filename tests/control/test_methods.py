@@ -241,6 +241,8 @@ def test_options_are_validated() -> None:
     assert MethodConfig.from_options(omega=0.3, offline=True).omega == 0.3
     with pytest.raises(ValueError, match="hl_prior must be"):
         MethodConfig.from_options(hl_prior="uniform")
+    with pytest.raises(ValueError, match="dtau_replay must be"):
+        MethodConfig.from_options(dtau_replay=1.0)
     assert config_hash(MethodConfig()) == config_hash(MethodConfig())
     assert config_hash(MethodConfig()) != config_hash(replace(MethodConfig(), beta_reg=1.0))
 
@@ -326,20 +328,40 @@ def test_train_method_is_seeded_and_reuses_finished_stages(real_env, tmp_path) -
     assert [s["cached"] for s in stages] == [False, True] and not (tmp_path / "f" / "skills.safetensors").exists()
 
 
-def test_online_training_resumes_from_its_checkpoint(real_env, tmp_path) -> None:
-    from control.methods.online import OnlineConfig, train_online
+@pytest.mark.parametrize("method", ["oracle", "rc", "sopl"])
+def test_a_baseline_relabels_dtau_with_its_own_training_reward(real_env, tmp_path, method) -> None:
+    """The batch relabelling of D_tau (the baselines' share of offline replay) is the per-step reward, row by row."""
+    from control.methods import _Run
+    from control.methods.online import relabelled
+
+    data, crowd, profile = real_env
+    spaces = Spaces.from_data(data)
+    run = _Run(method, data, crowd, profile, 0, tmp_path, False, MethodConfig(), spaces)
+    reward_fn = run.training_reward()
+    batch = relabelled(spaces, data, reward_fn)
+    rows = [reward_fn(data.obs[i], data.act[i], data.rew[i], data.cost[i], data.next_obs[i]) for i in range(0, len(data), 7)]
+    np.testing.assert_allclose(batch["rew"][::7], np.asarray(rows, np.float32), rtol=1e-5, atol=1e-5)
+    if method == "oracle":  # r - K c: the costly steps are exactly the ones pushed below the env reward
+        np.testing.assert_array_equal(batch["rew"] < data.rew - 1e-6, data.cost > 0)
+    assert batch["obs"].shape == data.obs.shape and batch["terminal"].shape == (len(data),)
+
+
+@pytest.mark.parametrize("with_dtau", [False, True], ids=["online", "dtau-replay"])
+def test_online_training_resumes_from_its_checkpoint(real_env, tmp_path, with_dtau) -> None:
+    from control.methods.online import OnlineConfig, relabelled, train_online
     from control.td3 import TD3
 
     data, _, _ = real_env
     spaces = Spaces.from_data(data)
     cfg = OnlineConfig(steps=450, learning_starts=50, checkpoint_every=200)
     td3 = TD3Config(hidden=(16, 16), batch_size=32)
+    reward = lambda o, a, r, c, o2: r - c  # noqa: E731
+    offline = relabelled(spaces, data, reward) if with_dtau else None
 
     def run() -> tuple[dict, TD3]:
         agent = TD3(spaces.obs_dim, spaces.act_dim, td3, seed=0)
-        reward = lambda o, a, r, c, o2: r  # noqa: E731
         return train_online(
-            "Circle", agent, spaces, reward, cfg, seed=0, workdir=tmp_path, config_hash="h"
+            "Circle", agent, spaces, reward, cfg, seed=0, workdir=tmp_path, config_hash="h", offline=offline
         ), agent
 
     full, _ = run()
