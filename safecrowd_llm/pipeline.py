@@ -139,7 +139,7 @@ def write_evaluate_config(out: Path, related: bool = False) -> Path:
         methods[-1:-1] = [{"name": name.replace("_", "-"), "kind": "adapter", "path": str(out / "related" / name)}
                           for name in RELATED]
     cfg = {"base_model": str(out / "base"), "task_reward": "safecrowd_llm.textworld.judges.helpfulness",
-           "out_dir": str(out / "eval"), "samples_per_prompt": 4, "temperature": 1.0, "max_new_tokens": 80,
+           "out_dir": str(out / "eval"), "samples_per_prompt": 16, "temperature": 1.0, "max_new_tokens": 80,
            "seed": 0, "cpu_threads": 1, "methods": methods}
     path = out / "evaluate.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
