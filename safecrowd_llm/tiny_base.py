@@ -285,7 +285,9 @@ class TinyBaseArguments:
     )
     vocab_size: int = field(default=1024, metadata={"help": "Cap on the BPE vocabulary (the world needs ~570)."})
     hidden_size: int = field(default=128, metadata={"help": "Model width."})
-    num_layers: int = field(default=2, metadata={"help": "Number of transformer layers."})
+    num_layers: int = field(
+        default=4, metadata={"help": "Number of transformer layers (2 copy the topic noun unreliably: BENCHMARKS.md)."}
+    )
     num_heads: int = field(
         default=4, metadata={"help": "Attention heads (head_dim = hidden_size / num_heads; 4 copy topics reliably)."}
     )
