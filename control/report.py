@@ -10,6 +10,7 @@ normalised numbers are also written back into each ``results.json`` (``"normalis
 
     python -m control.report DIR                         # rewrite DIR's summary, table and plot
     python -m control.report BALANCED --shift IMBALANCED   # how far each method moves with the crowd
+    python -m control.report TABLE --merge DIR --env ENV   # bring ENV's runs of DIR into a combined table
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import numpy as np
 
 from control.evaluate import mean_std, ratio
 
-__all__ = ["collect_runs", "crowd_shift", "plot_reward_cost", "summarise", "write_markdown", "write_report"]
+__all__ = [
+    "collect_runs", "crowd_shift", "merge_env", "plot_reward_cost", "summarise", "write_markdown", "write_report",
+]
 
 ORACLE, TASK_ONLY = "oracle", "task-only"
 _ORDER = ("oracle", "task-only", "sopl", "rc", "safe-vpl", "safe-cpl")
@@ -273,6 +276,46 @@ def write_report(out: str | Path, title: str = "") -> dict[str, dict[str, dict[s
     return summary
 
 
+def merge_env(
+    summary: dict[str, dict[str, dict[str, Any]]], new: dict[str, dict[str, dict[str, Any]]], env: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``summary`` with ``new[env]``'s entries added (replacing same-key ones) and every ``env`` entry normalised
+    again against the merged Oracle / Task-only, so a rerun anchor renormalises the rows it did not rerun.
+
+    Every entry of ``env`` must have one seed, the same one: a mean of per-seed ratios cannot be rebuilt from
+    the means a summary keeps (``summarise`` over the run directories does that)."""
+    entries = {k: dict(v) for k, v in {**summary.get(env, {}), **new[env]}.items()}
+    seeds = {tuple(e["seeds"]) for e in entries.values()}
+    if len(seeds) != 1 or len(next(iter(seeds))) != 1:
+        raise ValueError(f"{env}: merging needs one seed shared by every method, got seeds {sorted(seeds)}")
+    oracle, task = entries.get(ORACLE), entries.get(TASK_ONLY)
+    for e in entries.values():
+        e["reward"] = _finite(ratio(e["raw_reward"], oracle["raw_reward"])) if oracle else None
+        e["cost"] = _finite(ratio(e["raw_cost"], task["raw_cost"])) if task else None
+    return dict(sorted({**summary, env: dict(sorted(entries.items(), key=lambda kv: _sort_key(kv[0])))}.items()))
+
+
+def _merge_dirs(table: Path, src: Path, env: str, title: str) -> None:
+    """Copy ``src``'s per-run files of ``env`` into ``table`` and rewrite its summary, RESULTS.md and plot."""
+    import shutil
+
+    from safecrowd_llm.core.atomic import write_json
+
+    root = src / env
+    copies = {p: table / env / "runs" / p.relative_to(root) for p in root.glob("*/seed*/results.json")}
+    copies |= {p: table / env / p.relative_to(root) for p in root.glob("*-skills/seed*/skills_eval.json")}
+    if (root / "dtau.json").exists():
+        copies[root / "dtau.json"] = table / env / "dtau.json"
+    for path, dest in sorted(copies.items()):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+    old = json.loads((table / "summary.json").read_text()) if (table / "summary.json").exists() else {}
+    summary = merge_env(old, json.loads((src / "summary.json").read_text()), env)
+    write_json(summary, table / "summary.json")
+    write_markdown(summary, table / "RESULTS.md", title)
+    plot_reward_cost(summary, table / "reward_cost.png")
+
+
 def crowd_shift(
     base: dict[str, dict[str, dict[str, Any]]], shifted: dict[str, dict[str, dict[str, Any]]]
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -325,9 +368,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path, help="benchmark results directory (python -m control.benchmark --out)")
     p.add_argument("--shift", type=Path, help="a second results directory (e.g. the 10:1 crowd) to compare with")
     p.add_argument("--title", default="", help="title of RESULTS.md (default: keep the current one)")
+    p.add_argument("--merge", type=Path, metavar="DIR",
+                   help="merge DIR's runs of --env into OUT, a combined table (e.g. control/results/paper_agents)")
+    p.add_argument("--env", help="the env id --merge takes (e.g. SafetyHopperVelocity-v1)")
     args = p.parse_args(argv)
     previous = args.out / "RESULTS.md"
     title = args.title or (previous.read_text().splitlines()[0].lstrip("# ") if previous.exists() else "")
+    if args.merge:
+        if not args.env:
+            p.error("--merge needs --env")
+        _merge_dirs(args.out, args.merge, args.env, title)
+        print(f"merged {args.env} from {args.merge} into {args.out}")
+        return
     write_report(args.out, title)
     print(f"wrote {args.out / 'summary.json'}, {args.out / 'RESULTS.md'}")
     if args.shift:  # compare the seeds both crowds have, so a change is the crowd's, not the seeds'

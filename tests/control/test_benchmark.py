@@ -182,3 +182,23 @@ def test_crowd_shift_reports_how_far_each_method_moves(tmp_path: Path, monkeypat
     assert shift["rc"]["d_cost"] > 0.1 and shift["rc"]["d_reward"] > 0
     assert shift["rc"]["shifted_cost"] == pytest.approx(shift["rc"]["cost"] + shift["rc"]["d_cost"])
     assert "Δ cost" in (tmp_path / "shifted" / "crowd_shift.md").read_text() and "RC(ω=0.5)" in capsys.readouterr().out
+
+
+def test_merging_a_rerun_anchor_renormalises_the_rows_it_did_not_rerun() -> None:
+    from control.report import merge_env
+
+    def entry(method: str, reward: float, cost: float, seeds=(0,)) -> dict:
+        return {"raw_reward": reward, "raw_cost": cost, "seeds": list(seeds), "reward": None, "cost": None,
+                "reward_std": 0.0, "cost_std": 0.0, "label": method, "method": method, "options": {}}
+
+    env = "SafetyHopperVelocity-v1"
+    table = {env: {"oracle": entry("oracle", 400.0, 0.0), "task-only": entry("task-only", 200.0, 80.0),
+                   "safe-vpl": entry("safe-vpl", 1000.0, 0.0)},
+             "Other": {"oracle": entry("oracle", 1.0, 0.0)}}
+    rerun = {env: {"oracle": entry("oracle", 1000.0, 0.0), "task-only": entry("task-only", 250.0, 40.0)}}
+    merged = merge_env(table, rerun, env)
+    assert merged[env]["safe-vpl"]["reward"] == pytest.approx(1.0)  # was 2.5 against the old Oracle
+    assert merged[env]["task-only"]["reward"] == pytest.approx(0.25) and merged[env]["task-only"]["cost"] == 1.0
+    assert merged["Other"] == table["Other"] and table[env]["safe-vpl"]["reward"] is None  # inputs untouched
+    with pytest.raises(ValueError, match="one seed"):
+        merge_env(table, {env: {"rc": entry("rc", 1.0, 1.0, seeds=(0, 1))}}, env)
