@@ -118,8 +118,11 @@ def _config_hash(config: dict[str, Any]) -> str:
 
 
 def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile: Any, out: Path,
-            progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Train, evaluate and write ``results.json`` for one run (skips it when already finished)."""
+            progress: bool = True, dtau_replay: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train, evaluate and write ``results.json`` for one run (skips it when already finished).
+
+    ``dtau_replay``: the online baselines' share of D_tau in every TD3 batch (None = ``MethodConfig``'s default);
+    part of a baseline run's configuration, so a results directory holds one value."""
     import numpy as np
 
     from control.envs import get_spec
@@ -133,6 +136,12 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
     config = {"env": env_id, "method": run.method, "options": run.options, "seed": seed,
               "profile": asdict(profile), "crowd": crowd_cfg,
               "data": data.manifest.get("config_hash")}  # fmt: skip
+    replay: dict[str, float] = {}
+    if run.method not in _OURS:
+        from control.methods import MethodConfig
+
+        replay["dtau_replay"] = MethodConfig().dtau_replay if dtau_replay is None else float(dtau_replay)
+        config |= replay
     chash = _config_hash(config)
     if results_path.exists():
         done = json.loads(results_path.read_text())
@@ -148,7 +157,7 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
     t0 = time.perf_counter()
     shared = {"skills_dir": out / env_id / f"{run.method}-skills" / f"seed{seed}"} if run.method in _OURS else {}
     policy = train_method(
-        run.method, data, crowd, profile, seed, run_dir / "work", progress=progress, **shared, **run.options
+        run.method, data, crowd, profile, seed, run_dir / "work", progress=progress, **shared, **run.options, **replay
     )
     t1 = time.perf_counter()
     episodes = evaluate_policy(
@@ -226,7 +235,8 @@ def _run_job(env_id: str, run: RunSpec, seed: int, spec: Any, profile: Any, args
             _CACHE.clear()
             _CACHE[key] = (data, make_crowd(data, spec.with_overrides(seed=spec.seed + seed)))
         data, crowd = _CACHE[key]
-        run_one(env_id, run, seed, data, crowd, profile, args.out, progress=progress)
+        run_one(env_id, run, seed, data, crowd, profile, args.out, progress=progress,
+                dtau_replay=getattr(args, "dtau_replay", None))
         return None
     except Exception:
         if not catch:
@@ -290,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option-latents", choices=["skills", "annotators"], default="skills",
                    help="ours with --high-level options: choose between the K selected skills or every annotator's "
                    "posterior mean")
+    p.add_argument("--dtau-replay", type=float,
+                   help="online baselines (Oracle, Task-only, RC, SOPL): share of every TD3 batch drawn from D_tau, "
+                   "relabelled with the baseline's own reward (default 0.5; 0 = purely online, the paper's setting; "
+                   "one value per --out)")
     p.add_argument("--flip-prob", type=float, help="override the crowd's label flip probability")
     p.add_argument("--num-annotators", type=int, help="override the crowd's number of annotators")
     p.add_argument("--eval-episodes", type=int, help="override the profile's evaluation episodes")

@@ -302,8 +302,8 @@ def _merge_dirs(table: Path, src: Path, env: str, title: str) -> None:
     from safecrowd_llm.core.atomic import write_json
 
     root = src / env
-    copies = {p: table / env / "runs" / p.relative_to(root) for p in root.glob("*/seed*/results.json")}
-    copies |= {p: table / env / p.relative_to(root) for p in root.glob("*-skills/seed*/skills_eval.json")}
+    found = [*root.glob("*/seed*/results.json"), *root.glob("*-skills/seed*/skills_eval.json")]
+    copies = {p: table / env / p.relative_to(root) for p in found}  # the benchmark's own layout
     if (root / "dtau.json").exists():
         copies[root / "dtau.json"] = table / env / "dtau.json"
     for path, dest in sorted(copies.items()):

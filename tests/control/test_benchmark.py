@@ -84,6 +84,7 @@ def test_benchmark_runs_normalises_and_resumes(tmp_path: Path, monkeypatch) -> N
     assert res["seed"] == 1 and res["options"] == {"omega": 0.9} and len(res["episodes"]) == 2
     assert {"reward", "cost", "length"} <= set(res["episodes"][0]) and res["versions"]["gymnasium"]
     assert res["config"]["crowd"]["num_annotators"] == 6  # the test profile's tiny crowd
+    assert res["config"]["dtau_replay"] == 0.5 and ("rc", 1, {"omega": 0.9, "dtau_replay": 0.5}) in trainer.calls
     assert res["normalised"]["cost"] is not None and len(res["normalised"]["episodes"]) == 2
 
     summary = json.loads((out / "summary.json").read_text())["SafetyCarRun-v0"]
@@ -115,7 +116,7 @@ def test_benchmark_runs_normalises_and_resumes(tmp_path: Path, monkeypatch) -> N
     assert again.calls == []
     (out / "SafetyCarRun-v0" / "task-only" / "seed1" / "results.json").unlink()
     assert _run(tmp_path, again, monkeypatch, "--omegas", "0.1", "0.9") == 0
-    assert again.calls == [("task-only", 1, {})]
+    assert again.calls == [("task-only", 1, {"dtau_replay": 0.5})]  # the baselines' default share of D_tau
 
 
 def test_changed_config_is_refused_and_failures_are_reported(tmp_path: Path, monkeypatch) -> None:
@@ -124,6 +125,8 @@ def test_changed_config_is_refused_and_failures_are_reported(tmp_path: Path, mon
     assert (out / "oracle" / "seed1" / "results.json").exists() and not (out / "rc" / "seed0").exists()
     with pytest.raises(RuntimeError, match="another configuration"):
         _run(tmp_path, FakeTrainer(), monkeypatch, "--flip-prob", "0.3", "--fail-fast")
+    with pytest.raises(RuntimeError, match="another configuration"):  # purely online baselines: another --out
+        _run(tmp_path, FakeTrainer(), monkeypatch, "--dtau-replay", "0", "--fail-fast")
 
 
 def test_evaluate_policy_is_deterministic_and_checks_shapes() -> None:
