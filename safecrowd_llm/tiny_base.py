@@ -2,7 +2,7 @@
 
 Why: skills (latent LoRAs) need a base model that can already produce every behaviour of the world —
 refusal and compliance in every style — so that training chooses among behaviours instead of
-inventing them. A Qwen2 architecture (hidden 128, 2 layers, 4 heads, ~0.4M parameters) with a byte-level BPE
+inventing them. A Qwen2 architecture (hidden 128, 4 layers, 4 heads, ~0.7M parameters) with a byte-level BPE
 tokenizer trained on the world's own texts learns this in a few minutes on one CPU thread, and it
 is the same architecture family and ChatML template as Qwen2.5-Instruct, so code written against it
 runs unchanged on a real model. ``train_tiny_base`` is what ``recipes/sft_base.py`` runs; pipelines can call it directly.
