@@ -236,7 +236,7 @@ def _run_job(env_id: str, run: RunSpec, seed: int, spec: Any, profile: Any, args
             _CACHE[key] = (data, make_crowd(data, spec.with_overrides(seed=spec.seed + seed)))
         data, crowd = _CACHE[key]
         run_one(env_id, run, seed, data, crowd, profile, args.out, progress=progress,
-                dtau_replay=getattr(args, "dtau_replay", None))
+                dtau_replay=args.dtau_replay)
         return None
     except Exception:
         if not catch:
