@@ -45,6 +45,14 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
                   "'divergence' this scores the decision the annotator judged and never pushes down the rest of a "
                   "rejected response (on the text world it did not make the skills more fluent: BENCHMARKS.md)."},
     )
+    regret_positions: str = field(
+        default="all",
+        metadata={"help": "Which response tokens f sums: 'all', or 'hesitant': only those where the base's top-token "
+                  "probability was < kl_confidence (the choices: answer or refuse, tone, format, when to stop), with "
+                  "gamma counting those choices rather than tokens; what the base was sure of is left to bc_coef and "
+                  "the KL. A decision late in a response then weighs gamma**(choices before it), not gamma**tokens.",
+                  "choices": ["all", "hesitant"]},
+    )
     use_reference: bool = field(
         default=True,
         metadata={"help": "Score log-ratios against the frozen base (DPO-style) instead of raw log-probs."},
@@ -71,7 +79,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
     )
     kl_confidence: float = field(
         default=0.9,
-        metadata={"help": "With kl_positions='confident': the base's top-token probability from which a position is held."},
+        metadata={"help": "The base's top-token probability from which a position counts as sure: kl_positions="
+                  "'confident' holds those, regret_positions='hesitant' scores only the others."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
@@ -84,6 +93,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.discount_from not in ("response", "divergence"):
             raise ValueError(f"discount_from must be 'response' or 'divergence', got {self.discount_from!r}")
+        if self.regret_positions not in ("all", "hesitant"):
+            raise ValueError(f"regret_positions must be 'all' or 'hesitant', got {self.regret_positions!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if self.kl_positions not in ("all", "continuation", "confident"):

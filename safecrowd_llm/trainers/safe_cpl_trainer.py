@@ -5,7 +5,8 @@ Each target comparison is scored with the CPL regret likelihood (core ``cpl_log_
 f = alpha * sum_t gamma^t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)], with conservative bias lam;
 t counts from the first response token, or (``discount_from: divergence``) from the first token where the
 comparison's two responses differ, the decision the annotator actually judged; ``regret_window: N`` counts only
-the first N of those tokens, so the regret never pushes down the rest of a rejected response.
+the first N of those tokens, so the regret never pushes down the rest of a rejected response;
+``regret_positions: hesitant`` sums only the tokens the base hesitated on (its choices), t counting those choices.
 A behaviour-cloning term on the chosen responses keeps a small model fluent (CPL alone erodes it).
 """
 
@@ -22,17 +23,21 @@ from ..latent_lora import latent_lora_layers, set_latent
 from .base_trainer import LatentSetTrainer, sequence_logps
 from .set_data import TokenizedPairs, _pad_right
 
-__all__ = ["SafeCPLTrainer", "confident_positions", "continuation_weights", "first_tokens", "reference_logps", "token_kl"]
+__all__ = [
+    "SafeCPLTrainer", "base_sure", "confident_positions", "continuation_weights", "first_tokens", "reference_logps",
+    "token_kl",
+]
 
 
 @torch.no_grad()
 def reference_logps(
     model: torch.nn.Module, tokens: TokenizedPairs, pad_token_id: int, batch_size: int = 32, gamma: float = 1.0,
-    from_divergence: bool = False, window: int = 0,
+    from_divergence: bool = False, window: int = 0, hesitant_below: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(Discounted) summed log-prob of every chosen and rejected response under ``model`` as it is now
-    (``from_divergence``: of the tokens from where the pair's two responses first differ; ``window``: of only the
-    first ``window`` of them — as the trainer scores).
+    (``from_divergence``: of the tokens from where the pair's two responses first differ; ``hesitant_below``: of only
+    the tokens whose top-token probability is below it; ``window``: of only the first ``window`` of them — as the
+    trainer scores).
 
     Call it before training: a freshly injected latent LoRA is zero, so this is the base model.
     """
@@ -52,8 +57,11 @@ def reference_logps(
             pos = torch.arange(ids.shape[1], device=device)
             lengths = torch.tensor([len(s) for s in chunk], device=device)
             attn = pos < lengths[:, None]
-            resp = first_tokens(attn & (pos >= torch.tensor(pl, device=device)[:, None]), window)
             logits = model(input_ids=ids, attention_mask=attn.long()).logits
+            resp = attn & (pos >= torch.tensor(pl, device=device)[:, None])
+            if hesitant_below is not None:
+                resp = resp & ~base_sure(logits, hesitant_below)
+            resp = first_tokens(resp, window)
             sums.append(sequence_logps(logits, ids, resp, gamma)[0].cpu())
         out.append(torch.cat(sums))
     model.train(was_training)
@@ -85,15 +93,19 @@ def continuation_weights(response_mask: Tensor, decision_mask: Tensor, gamma: fl
     return response_mask.float() * (1 - d) + d * (1 - gamma**k)
 
 
-def confident_positions(ref_logits: Tensor, response_mask: Tensor, threshold: float) -> Tensor:
-    """Per-token KL weights: 1 on response tokens the reference predicted with probability >= ``threshold`` for its top
-    token (what the base is sure of: grammar, copying a word from the prompt), 0 where it hesitated — the choices
-    (refuse or answer, which style) the preferences are about."""
+def base_sure(ref_logits: Tensor, threshold: float) -> Tensor:
+    """``(B, L)`` bool: token t was predicted with top-token probability >= ``threshold`` (what the base is sure of:
+    grammar, copying a word from the prompt); False where it hesitated — the choices (refuse or answer, which style)
+    the preferences are about — and at t = 0, which nothing predicts."""
     ref = ref_logits[:, :-1].float()  # position t predicts token t + 1
-    sure = ref.amax(-1) - ref.logsumexp(-1) >= math.log(threshold)  # log of the top token's probability, no (B, L, V) copy
-    weight = torch.zeros_like(response_mask, dtype=torch.float32)
-    weight[:, 1:] = response_mask[:, 1:].float() * sure
-    return weight
+    sure = torch.zeros(ref_logits.shape[:2], dtype=torch.bool, device=ref_logits.device)
+    sure[:, 1:] = ref.amax(-1) - ref.logsumexp(-1) >= math.log(threshold)  # log top-token prob, no (B, L, V) copy
+    return sure
+
+
+def confident_positions(ref_logits: Tensor, response_mask: Tensor, threshold: float) -> Tensor:
+    """Per-token KL weights: 1 on response tokens the reference was sure of (:func:`base_sure`), 0 elsewhere."""
+    return (response_mask.bool() & base_sure(ref_logits, threshold)).float()
 
 
 class SafeCPLTrainer(LatentSetTrainer):
@@ -104,25 +116,30 @@ class SafeCPLTrainer(LatentSetTrainer):
             pad = kwargs["processing_class"].pad_token_id if kwargs.get("processing_class") is not None else 0
             tokens.ref_chosen, tokens.ref_rejected = reference_logps(
                 model.backbone, tokens, pad, gamma=args.gamma, from_divergence=args.discount_from == "divergence",
-                window=args.regret_window)
+                window=args.regret_window,
+                hesitant_below=args.kl_confidence if args.regret_positions == "hesitant" else None)
         super().__init__(model, args, train_dataset, tokens, **kwargs)
 
     def pair_scores(self, model, inputs, z_seq):
         logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         logps, n_tokens = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"])
+        hesitant = self.args.regret_positions == "hesitant"
+        if self.args.kl_coef or hesitant:
+            with torch.no_grad():
+                set_latent(model.backbone, None)  # the latent LoRA off: the base
+                ref_logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            set_latent(model.backbone, z_seq)  # back on: backward may re-run the forward
         f = logps
         from_divergence = self.args.discount_from == "divergence"
-        if from_divergence or self.args.gamma != 1.0 or self.args.regret_window:
+        if from_divergence or hesitant or self.args.gamma != 1.0 or self.args.regret_window:
             decision = inputs["divergence_mask"] if from_divergence else inputs["response_mask"]
+            if hesitant:
+                decision = decision.bool() & ~base_sure(ref_logits, self.args.kl_confidence)
             f = sequence_logps(
                 logits, inputs["input_ids"], first_tokens(decision, self.args.regret_window), self.args.gamma)[0]
         ratio = f - inputs["ref_logps"] if self.args.use_reference else f
         scores = {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
         if self.args.kl_coef:
-            with torch.no_grad():
-                set_latent(model.backbone, None)  # the latent LoRA off: the base
-                ref_logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            set_latent(model.backbone, z_seq)  # back on: backward may re-run the forward
             weight = inputs["response_mask"]
             if self.args.kl_positions == "continuation":
                 decision = inputs["divergence_mask"] if self.args.discount_from == "divergence" else weight

@@ -302,6 +302,50 @@ def test_cpl_from_divergence_scores_only_the_tokens_after_the_shared_prefix(setu
         SafeCPLConfig(output_dir=str(tmp_path), discount_from="middle", use_cpu=True)
 
 
+def test_hesitant_regret_scores_only_the_tokens_the_base_hesitated_on(setup, tmp_path):
+    """``regret_positions: hesitant``: f (and its reference log-probs) sums only the response tokens whose base top-token
+    probability is below ``kl_confidence``, the regret's gradient reaches no other position, and gamma counts those
+    tokens (a token after three sure ones still weighs gamma**1 if it is the second choice)."""
+    from safecrowd_llm.trainers.base_trainer import sequence_logps
+    from safecrowd_llm.trainers.safe_cpl_trainer import base_sure, reference_logps
+
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, regret_positions="hesitant", gamma=0.9, bc_coef=0.0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        ref = trainer.model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    top = (ref.amax(-1) - ref.logsumexp(-1)).exp()[:, :-1][batch["response_mask"][:, 1:].bool()]
+    threshold = top.median().item()  # the random tiny base is never sure at 0.9: half its response tokens are here
+    sure = base_sure(ref, threshold)
+    assert not sure[:, 0].any()
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, regret_positions="hesitant", gamma=0.9, bc_coef=0.0,
+                           kl_confidence=threshold)
+    tokens = setup["tokens"]
+    every = reference_logps(trainer.model.backbone, tokens, 0, gamma=0.9)[0]
+    hesitant = reference_logps(trainer.model.backbone, tokens, 0, gamma=0.9, hesitant_below=threshold)[0]
+    assert (hesitant != every).any()
+    gaps = torch.tensor([[0, 0, 1, 0, 0, 1]])  # two choices with sure tokens between them: weights 1 and gamma
+    logp = sequence_logps(torch.zeros(1, 6, 8), torch.zeros(1, 6, dtype=torch.long), gaps, 0.9)[0]
+    assert logp.item() == pytest.approx(-math.log(8) * (1 + 0.9))
+
+    captured = []
+
+    def keep_logits(module, args, out):
+        if out.logits.requires_grad:
+            out.logits.retain_grad()
+            captured.append(out.logits)
+
+    hook = trainer.model.backbone.register_forward_hook(keep_logits)
+    trainer.compute_loss(trainer.model, batch).backward()
+    hook.remove()
+    scored = (batch["response_mask"].bool() & ~sure)[:, 1:]  # logits at t predict token t + 1
+    assert scored.any() and (~scored & batch["response_mask"][:, 1:].bool()).any()
+    for logits in captured:
+        grad = logits.grad[:, :-1].abs().sum(-1)
+        assert (grad[~scored] == 0).all() and (grad[scored] > 0).all()
+    with pytest.raises(ValueError, match="regret_positions"):
+        SafeCPLConfig(output_dir=str(tmp_path), regret_positions="sure", use_cpu=True)
+
+
 def test_regret_window_scores_only_the_first_tokens_of_the_decision(setup, tmp_path):
     """With ``regret_window: 2`` the regret's gradient reaches only the first two tokens from the divergence: the rest
     of both responses (the rejected one's above all) gets none, and the reference log-probs count the same tokens."""
