@@ -129,12 +129,14 @@ class SafeCPLTrainer(LatentSetTrainer):
                 set_latent(model.backbone, None)  # the latent LoRA off: the base
                 ref_logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             set_latent(model.backbone, z_seq)  # back on: backward may re-run the forward
+        needs_sure = hesitant or (self.args.kl_coef and self.args.kl_positions == "confident")
+        sure = base_sure(ref_logits, self.args.kl_confidence) if needs_sure else None  # once for both uses
         f = logps
         from_divergence = self.args.discount_from == "divergence"
         if from_divergence or hesitant or self.args.gamma != 1.0 or self.args.regret_window:
             decision = inputs["divergence_mask"] if from_divergence else inputs["response_mask"]
             if hesitant:
-                decision = decision.bool() & ~base_sure(ref_logits, self.args.kl_confidence)
+                decision = decision.bool() & ~sure
             f = sequence_logps(
                 logits, inputs["input_ids"], first_tokens(decision, self.args.regret_window), self.args.gamma)[0]
         ratio = f - inputs["ref_logps"] if self.args.use_reference else f
@@ -145,7 +147,7 @@ class SafeCPLTrainer(LatentSetTrainer):
                 decision = inputs["divergence_mask"] if self.args.discount_from == "divergence" else weight
                 weight = continuation_weights(weight, decision, self.args.gamma)
             elif self.args.kl_positions == "confident":
-                weight = confident_positions(ref_logits, weight, self.args.kl_confidence)
+                weight = (weight.bool() & sure).float()  # = confident_positions, sure computed once above
             scores["token_kl"] = token_kl(logits, ref_logits, weight)
         return scores
 
