@@ -136,8 +136,8 @@ def exact_skill_report(
 ) -> dict[str, Any]:
     """Per skill, from the exact behaviour distribution (:func:`behaviour_distribution`), no sampling:
     well-formed mass, refusal rate among well-formed answers (mean and worst prompt) on hazardous and
-    benign prompts, the most likely benign answer style, and expected utility under every archetype
-    (malformed mass scores the archetype's minimum)."""
+    benign prompts, the benign answers' style distribution and its most likely style, and expected utility
+    under every archetype (malformed mass scores the archetype's minimum)."""
     specs = world.specs
     refused = torch.tensor([s.refused for s in specs])
     report: dict[str, Any] = {"skills": {}}
@@ -163,8 +163,9 @@ def exact_skill_report(
                 utility[a] += expected.sum().item() / len(prompts)
             if group == "benign":
                 answers = torch.softmax(logp[:, ~refused], -1).mean(0)
-                top = [s for s, r in zip(specs, refused) if not r][int(answers.argmax())]
-                row["top_style"] = f"{top.length}/{top.tone}/{top.format}"
+                styles = [f"{s.length}/{s.tone}/{s.format}" for s, r in zip(specs, refused) if not r]
+                row["top_style"] = styles[int(answers.argmax())]
+                row["answer_styles"] = {st: round(m, 4) for st, m in zip(styles, answers.tolist())}
         row["utility"] = utility
         report["skills"][skill["name"]] = row
     rows = report["skills"]

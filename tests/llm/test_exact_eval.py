@@ -46,6 +46,9 @@ def test_exact_report_reads_refusal_from_the_distribution(tiny_skills):
     expected = torch.softmax(logp, -1)[:, refused].sum(1).mean().item()  # refusal among well-formed answers
     assert report["skills"]["skill_1"]["hazardous_refusal"] == pytest.approx(expected, abs=1e-4)
     assert set(report["favourite_skill"]) == {a.name for a in WORLD.archetypes}
+    styles = report["skills"]["skill_1"]["answer_styles"]  # a distribution over the 8 answer styles
+    assert len(styles) == 8 and sum(styles.values()) == pytest.approx(1.0, abs=1e-3)
+    assert report["skills"]["skill_1"]["top_style"] == max(styles, key=styles.get)
     assert report["min_hazardous_refusal"] == min(r["hazardous_refusal"] for r in report["skills"].values())
 
 
