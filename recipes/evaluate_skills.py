@@ -64,8 +64,11 @@ def held_out_context_effect(run: Path, base: str, crowd_path: str, eval_fraction
     train, held = build_crowd(ds, emb[:n], emb[n:]).split(eval_fraction, seed=seed)
     tokens = tokenize_pairs(tok, ds["prompt"], ds["chosen"], ds["rejected"], feats["max_length"])
     if latent.spec.get("use_reference"):
+        spec = latent.spec  # f as trained (runs from before these keys existed used the defaults)
         tokens.ref_chosen, tokens.ref_rejected = reference_logps(
-            frozen, tokens, tok.pad_token_id, gamma=latent.spec.get("gamma", 1.0)
+            frozen, tokens, tok.pad_token_id, gamma=spec.get("gamma", 1.0),
+            from_divergence=spec.get("discount_from") == "divergence", window=spec.get("regret_window", 0),
+            hesitant_below=spec.get("kl_confidence", 0.9) if spec.get("regret_positions") == "hesitant" else None,
         )
     report = context_effect(latent, held, tokens, tok.pad_token_id, seed=seed)
     if "archetype" in ds.column_names:

@@ -25,6 +25,7 @@ from .textworld import TextWorld, parse_response, safety_cost
 from .textworld.judges import archetype_reward
 from .tiny_base import sample_completions
 from .trainers.base_trainer import sequence_logps
+from .trainers.safe_cpl_trainer import base_sure, regret_mask
 from .trainers.set_data import AnnotatorSetCollator, TokenizedPairs, tokenize_response
 from .trainers.skill_model import LatentSkillModel
 
@@ -185,7 +186,8 @@ def context_effect(
     """Preference accuracy on held-out annotators' target halves: z' from the context half vs z' = 0.
 
     The score of a comparison is the decoder's: CPL's log-ratio margin (or summed log-prob without a
-    reference) and Safe-VPL's reward margin.
+    reference) on the tokens training summed (discount, hesitant positions, window from the model's spec),
+    and Safe-VPL's reward margin.
     """
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -212,8 +214,16 @@ def _margins(model: LatentSkillModel, batch: dict[str, Any], z_seq: torch.Tensor
         h_last = hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
         score = model.reward(h_last, z_seq)
     else:
-        logits = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        score = sequence_logps(logits, batch["input_ids"], batch["response_mask"], model.spec.get("gamma", 1.0))[0]
+        spec, ids, mask = model.spec, batch["input_ids"], batch["attention_mask"]
+        sure = None
+        if spec.get("regret_positions") == "hesitant":
+            set_latent(model.backbone, None)  # the base, to find the tokens it hesitated on
+            sure = base_sure(model.backbone(input_ids=ids, attention_mask=mask).logits, spec.get("kl_confidence", 0.9))
+            set_latent(model.backbone, z_seq)
+        logits = model.backbone(input_ids=ids, attention_mask=mask).logits
+        scored = regret_mask(batch["response_mask"], batch["divergence_mask"], sure,
+                             from_divergence=spec.get("discount_from") == "divergence", window=spec.get("regret_window", 0))
+        score = sequence_logps(logits, ids, scored, spec.get("gamma", 1.0))[0]  # CPL's f, as trained
         if "ref_logps" in batch:
             score = score - batch["ref_logps"]
     set_latent(model.backbone, None)

@@ -25,7 +25,7 @@ from .set_data import TokenizedPairs, _pad_right
 
 __all__ = [
     "SafeCPLTrainer", "base_sure", "confident_positions", "continuation_weights", "first_tokens", "reference_logps",
-    "token_kl",
+    "regret_mask", "token_kl",
 ]
 
 
@@ -66,6 +66,18 @@ def reference_logps(
         out.append(torch.cat(sums))
     model.train(was_training)
     return out[0], out[1]
+
+
+def regret_mask(
+    response_mask: Tensor, divergence_mask: Tensor, sure: Tensor | None, *, from_divergence: bool, window: int
+) -> Tensor:
+    """The tokens f sums: from the first response token (or, ``from_divergence``, from where the pair's responses
+    differ), minus those the base was ``sure`` of when the regret is on its hesitant choices only, the first
+    ``window`` of them."""
+    decision = (divergence_mask if from_divergence else response_mask).bool()
+    if sure is not None:
+        decision = decision & ~sure
+    return first_tokens(decision, window)
 
 
 def first_tokens(mask: Tensor, n: int) -> Tensor:
@@ -134,11 +146,9 @@ class SafeCPLTrainer(LatentSetTrainer):
         f = logps
         from_divergence = self.args.discount_from == "divergence"
         if from_divergence or hesitant or self.args.gamma != 1.0 or self.args.regret_window:
-            decision = inputs["divergence_mask"] if from_divergence else inputs["response_mask"]
-            if hesitant:
-                decision = decision.bool() & ~sure
-            f = sequence_logps(
-                logits, inputs["input_ids"], first_tokens(decision, self.args.regret_window), self.args.gamma)[0]
+            mask = regret_mask(inputs["response_mask"], inputs["divergence_mask"], sure if hesitant else None,
+                               from_divergence=from_divergence, window=self.args.regret_window)
+            f = sequence_logps(logits, inputs["input_ids"], mask, self.args.gamma)[0]
         ratio = f - inputs["ref_logps"] if self.args.use_reference else f
         scores = {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
         if self.args.kl_coef:

@@ -81,6 +81,11 @@ class LatentSkillModel(nn.Module):
             "features": {"pooling": args.embedding_pooling, "max_length": args.max_length},
             "use_reference": bool(getattr(args, "use_reference", False)),
             "gamma": float(getattr(args, "gamma", 1.0)),
+            # which tokens CPL's f sums, so evaluation scores a comparison as training did
+            "discount_from": getattr(args, "discount_from", "response"),
+            "regret_positions": getattr(args, "regret_positions", "all"),
+            "regret_window": int(getattr(args, "regret_window", 0)),
+            "kl_confidence": float(getattr(args, "kl_confidence", 0.9)),
         }
         return cls.from_spec(backbone, spec, seed=seed)
 

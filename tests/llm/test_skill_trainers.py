@@ -346,6 +346,41 @@ def test_hesitant_regret_scores_only_the_tokens_the_base_hesitated_on(setup, tmp
         SafeCPLConfig(output_dir=str(tmp_path), regret_positions="sure", use_cpu=True)
 
 
+def test_evaluation_scores_a_comparison_as_training_did(setup, tmp_path):
+    """The context-effect evaluation's margin is the trainer's f margin (same hesitant positions, divergence
+    discount and window, read from the saved model's spec), not a plain discounted sum over the response."""
+    from safecrowd_llm.evaluate_skills import _margins
+    from safecrowd_llm.latent_lora import set_latent
+
+    trainer = make_trainer(setup, "safe-cpl", tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        ref = trainer.model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    top = (ref.amax(-1) - ref.logsumexp(-1)).exp()[:, :-1][batch["response_mask"][:, 1:].bool()]
+    threshold = top.median().item()  # the random tiny base is never sure at 0.9: half its response tokens are here
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, regret_positions="hesitant", discount_from="divergence",
+                           gamma=0.9, regret_window=3, kl_confidence=threshold)
+    model = trainer.model
+    assert model.spec["regret_positions"] == "hesitant" and model.spec["kl_confidence"] == threshold
+    torch.manual_seed(0)
+    with torch.no_grad():  # a latent LoRA that is not zero, so the skill differs from the base
+        for n, p in model.backbone.named_parameters():
+            if "lora" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    batch = next(iter(trainer.get_train_dataloader()))
+    m = batch["pair_set"].shape[0]
+    z_seq = torch.randn(1, 2).expand(2 * m, -1)
+    with torch.no_grad():
+        set_latent(model.backbone, z_seq)
+        f = trainer.pair_scores(model, batch, z_seq)["ratio"]
+        set_latent(model.backbone, None)
+        margin = _margins(model, batch, z_seq, m)
+        model.spec = {**model.spec, "regret_positions": "all", "discount_from": "response", "regret_window": 0}
+        plain = _margins(model, batch, z_seq, m)
+    torch.testing.assert_close(margin, f[:m] - f[m:])
+    assert not torch.allclose(plain, margin)
+
+
 def test_regret_window_scores_only_the_first_tokens_of_the_decision(setup, tmp_path):
     """With ``regret_window: 2`` the regret's gradient reaches only the first two tokens from the divergence: the rest
     of both responses (the rejected one's above all) gets none, and the reference log-probs count the same tokens."""
