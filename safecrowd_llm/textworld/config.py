@@ -199,7 +199,7 @@ class PreferenceConfig:
 class CrowdConfig:
     """How the crowd is sampled: size, archetype proportions, pairs each, Bradley–Terry noise."""
 
-    num_annotators: int = 64
+    num_annotators: int = 256
     proportions: dict[str, float] = field(default_factory=dict)  # empty = balanced
     pairs_per_annotator: int = 32
     temperature: float = 0.5  # BT temperature; 0 = noiseless argmax labels
