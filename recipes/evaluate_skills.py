@@ -96,7 +96,7 @@ def markdown(report: dict) -> str:
     if c:
         lines.append(
             f"\nheld-out annotators, preference accuracy: with context {c['with_context']:.3f}, "
-            f"without (z' = prior mean) {c['without_context']:.3f} ({c['pairs']} pairs)"
+            f"without (z' = 0) {c['without_context']:.3f} ({c['pairs']} pairs)"
         )
     for who, probe in (c or {}).get("probe", {}).items():
         how = "fitted on train annotators" if who == "held_out" else f"{probe['folds']}-fold CV"

@@ -4,7 +4,7 @@
   style and well-formedness, so "every skill is safe" and "skills differ in style" are measured, not
   assumed.
 * Context: VPL's central effect — preference accuracy on a held-out annotator's target pairs with z'
-  inferred from their other pairs, versus the same model at the prior mean (no context).
+  inferred from their other pairs, versus the same model at z' = 0 (no context; the mean of an N(0, I) prior).
 * Probe: do the encoder's posterior means separate the hidden user types (where the data has them)?
 """
 
