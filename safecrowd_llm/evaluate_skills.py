@@ -199,14 +199,32 @@ def context_effect(
         batch = collate([{"context": s.subset(ctx), "target": s.subset(tgt)}])
         z_post = model.vae.posterior(pad_sets([s.subset(ctx)], [s.subset(tgt)])).mean  # (1, D)
         m = batch["pair_set"].shape[0]
+        scored = _regret_tokens(model, batch)  # once per batch: the base's hesitant tokens do not depend on z'
         for key, z in (("with_context", z_post), ("without_context", torch.zeros_like(z_post))):
-            margin = _margins(model, batch, z.expand(2 * m, -1), m)
+            margin = _margins(model, batch, z.expand(2 * m, -1), m, scored)
             hits[key] += int((margin > 0).sum())
         total += m
     return {k: v / max(total, 1) for k, v in hits.items()} | {"pairs": total}
 
 
-def _margins(model: LatentSkillModel, batch: dict[str, Any], z_seq: torch.Tensor, m: int) -> torch.Tensor:
+def _regret_tokens(model: LatentSkillModel, batch: dict[str, Any]) -> torch.Tensor | None:
+    """The tokens CPL's f summed in training (discount start, hesitant positions, window from the model's spec);
+    None for a Safe-VPL reward model."""
+    if model.head is not None:
+        return None
+    spec, sure = model.spec, None
+    if spec.get("regret_positions") == "hesitant":
+        set_latent(model.backbone, None)  # the base, to find the tokens it hesitated on
+        logits = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        sure = base_sure(logits, spec.get("kl_confidence", 0.9))
+    return regret_mask(batch["response_mask"], batch["divergence_mask"], sure,
+                       from_divergence=spec.get("discount_from") == "divergence", window=spec.get("regret_window", 0))
+
+
+def _margins(model: LatentSkillModel, batch: dict[str, Any], z_seq: torch.Tensor, m: int,
+             scored: torch.Tensor | None = None) -> torch.Tensor:
+    if model.head is None and scored is None:
+        scored = _regret_tokens(model, batch)
     set_latent(model.backbone, z_seq)
     if model.head is not None:
         mask = batch["attention_mask"]
@@ -214,16 +232,9 @@ def _margins(model: LatentSkillModel, batch: dict[str, Any], z_seq: torch.Tensor
         h_last = hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
         score = model.reward(h_last, z_seq)
     else:
-        spec, ids, mask = model.spec, batch["input_ids"], batch["attention_mask"]
-        sure = None
-        if spec.get("regret_positions") == "hesitant":
-            set_latent(model.backbone, None)  # the base, to find the tokens it hesitated on
-            sure = base_sure(model.backbone(input_ids=ids, attention_mask=mask).logits, spec.get("kl_confidence", 0.9))
-            set_latent(model.backbone, z_seq)
-        logits = model.backbone(input_ids=ids, attention_mask=mask).logits
-        scored = regret_mask(batch["response_mask"], batch["divergence_mask"], sure,
-                             from_divergence=spec.get("discount_from") == "divergence", window=spec.get("regret_window", 0))
-        score = sequence_logps(logits, ids, scored, spec.get("gamma", 1.0))[0]  # CPL's f, as trained
+        ids = batch["input_ids"]
+        logits = model.backbone(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        score = sequence_logps(logits, ids, scored, model.spec.get("gamma", 1.0))[0]  # CPL's f, as trained
         if "ref_logps" in batch:
             score = score - batch["ref_logps"]
     set_latent(model.backbone, None)
