@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"router -> {args.output_dir}: routed task reward {summary['routed_reward']:.3f} "
         f"(best single skill {summary['best_single_skill_reward']:.3f}, per-prompt best {summary['oracle_routed_reward']:.3f}); "
-        f"choices per skill {summary['choice_counts']}"
+        f"choices per skill {summary['choice_counts']}; head width {summary['hidden_dim']} (cross-validated)"
     )
     return summary
 

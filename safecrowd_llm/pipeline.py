@@ -6,9 +6,9 @@
     safecrowd-pipeline --related              # also P-Soups, MaxMin-RLHF, Safe RLHF and plain VPL
 
 Stages (each a recipe a user can also run by hand; a finished stage is skipped, so a stopped run resumes):
-crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only) ->
-baselines (Task-only, Oracle, RC(omega) by best-of-n fine-tuning) [-> related systems, with --related] -> evaluation table +
-reward-vs-cost plot.
+crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only; one for sampled
+and one for greedy decoding) -> baselines (Task-only, Oracle, RC(omega) by best-of-n fine-tuning) [-> related
+systems, with --related] -> evaluation tables (sampled and greedy) + reward-vs-cost plots.
 Runs from a checkout (the recipes and their YAML configs live in ``recipes/``).
 """
 
@@ -90,6 +90,10 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False) ->
         Stage("router", [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"),
                          "--skills_dir", str(skills / "skills"), "--output_dir", str(out / "router"),
                          *over.get("router", [])], out / "router" / "router.json"),
+        # the same router for greedy decoding: each skill's most likely answer is what it is scored on
+        Stage("router greedy", [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"),
+                                "--skills_dir", str(skills / "skills"), "--output_dir", str(out / "router_greedy"),
+                                "--temperature", "0", "--samples_per_prompt", "1"], out / "router_greedy" / "router.json"),
     ]
     baselines = [("task_only", "textworld_task_only.yaml", []), ("oracle", "textworld_oracle.yaml", [])]
     baselines += [(f"rc_{w}", "textworld_rc.yaml", ["--omega", str(w), "--pooled_reward", str(out / "pooled_reward")])
@@ -103,6 +107,8 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False) ->
         result += related_stages(out, over, common)
     result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(out / "evaluate.yaml"),
                                      *over.get("evaluate", [])], out / "eval" / "results.md"))
+    result.append(Stage("evaluate greedy", [py, _recipe("evaluate.py"), "--config", str(out / "evaluate_greedy.yaml")],
+                        out / "eval_greedy" / "results.md"))
     return result
 
 
@@ -126,7 +132,9 @@ def related_stages(out: Path, over: dict[str, list[str]], common: list[str]) -> 
 
 
 def write_evaluate_config(out: Path, related: bool = False) -> Path:
-    """The comparison of this run: ours against every baseline, on the world's held-out prompts."""
+    """The comparison of this run: ours against every baseline, on the world's held-out prompts, decoded
+    by sampling (``evaluate.yaml``) and greedily (``evaluate_greedy.yaml``: every method's most likely
+    answer, and the router trained on the skills' greedy answers)."""
     methods = [
         {"name": "ours", "kind": "router", "path": str(out / "router")},
         {"name": "task-only", "kind": "adapter", "path": str(out / "baselines" / "task_only")},
@@ -143,6 +151,9 @@ def write_evaluate_config(out: Path, related: bool = False) -> Path:
            "seed": 0, "cpu_threads": 1, "methods": methods}
     path = out / "evaluate.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    greedy = {**cfg, "out_dir": str(out / "eval_greedy"), "samples_per_prompt": 1, "temperature": 0.0,
+              "methods": [{**m, "path": str(out / "router_greedy")} if m["name"] == "ours" else m for m in methods]}
+    (out / "evaluate_greedy.yaml").write_text(yaml.safe_dump(greedy, sort_keys=False))
     return path
 
 
@@ -178,9 +189,10 @@ def main(argv=None) -> None:
         if rc != 0:
             raise SystemExit(f"stage {stage.name!r} failed (exit {rc}); fix it and rerun: finished stages are kept")
         print(f"[{i}/{len(todo)}] {stage.name}: {time.perf_counter() - t:.0f} s", flush=True)
-    results = out / "eval" / "results.md"
-    if results.exists():
-        print(f"\n{results.read_text()}\nresults: {out / 'eval' / 'results.json'}; plot: {out / 'eval' / 'reward_cost.png'}")
+    for folder, decoding in (("eval", "sampled at temperature 1"), ("eval_greedy", "greedy")):
+        if (out / folder / "results.md").exists():
+            print(f"\nDecoded {decoding}:\n{(out / folder / 'results.md').read_text()}\n"
+                  f"results: {out / folder / 'results.json'}; plot: {out / folder / 'reward_cost.png'}")
     print(f"pipeline finished in {time.perf_counter() - start:.0f} s ({args.profile} profile) -> {out}")
 
 

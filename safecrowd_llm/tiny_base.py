@@ -194,20 +194,23 @@ def sample_completions(
 
     Each prompt is a user message (string, ``Prompt`` or message list) rendered with the chat template
     and ``add_generation_prompt=True`` — exactly how SFT rendered it. Batches are left-padded; text is
-    cut at the first ``eos``. ``temperature`` 0 is greedy; sampling is pure (top_k 0, top_p 1) unless
-    ``generate_kwargs`` say otherwise. Deterministic given ``seed`` and ``batch_size``; the global RNG
-    and the model's train/eval mode are left as they were.
+    cut at the first ``eos``. ``temperature`` 0 is greedy (each prompt decoded once, its text repeated
+    ``n`` times); sampling is pure (top_k 0, top_p 1) unless ``generate_kwargs`` say otherwise.
+    Deterministic given ``seed`` and ``batch_size``; the global RNG and the model's train/eval mode are
+    left as they were.
     """
-    rendered = [
-        tokenizer.apply_chat_template(_messages(p), tokenize=False, add_generation_prompt=True)
-        for p in prompts
-        for _ in range(n)
-    ]
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     if temperature <= 0:
         sampling = {"do_sample": False}
     kwargs = {**sampling, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
     kwargs |= generate_kwargs
+    # greedy decoding gives every copy of a prompt the same text: decode it once and repeat it
+    copies = n if kwargs["do_sample"] else 1
+    rendered = [
+        tokenizer.apply_chat_template(_messages(p), tokenize=False, add_generation_prompt=True)
+        for p in prompts
+        for _ in range(copies)
+    ]
     eos, pad = tokenizer.eos_token, tokenizer.pad_token
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
@@ -226,7 +229,7 @@ def sample_completions(
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return out
+    return out if copies == n else [text for text in out for _ in range(n)]
 
 
 def generation_report(

@@ -47,23 +47,32 @@ class RouterSpec:
 
 class RouterHead(nn.Module):
     """Prompt embedding ``(B, H)`` -> logits over K skills ``(B, K)``; inputs are standardised with
-    statistics of the training prompts (stored as buffers) so one learning rate fits any base model."""
+    statistics of the training prompts (stored as buffers) so one learning rate fits any base model.
+
+    ``hidden_dim`` 0 is the smallest router: one learned distribution over skills for every prompt."""
 
     def __init__(self, embedding_dim: int, num_skills: int, hidden_dim: int = 64) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(embedding_dim))
         self.register_buffer("std", torch.ones(embedding_dim))
-        self.net = nn.Sequential(nn.Linear(embedding_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, num_skills))
-        # start uniform over skills: a saturated softmax has no gradient to recover from an early mistake
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        if hidden_dim > 0:
+            self.net = nn.Sequential(
+                nn.Linear(embedding_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, num_skills)
+            )
+            # start uniform over skills: a saturated softmax has no gradient to recover from an early mistake
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+        else:
+            self.logits = nn.Parameter(torch.zeros(num_skills))
 
     def fit_normaliser(self, x: Tensor) -> None:
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0).clamp(min=1e-6) if x.shape[0] > 1 else torch.ones_like(self.std))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net((x - self.mean) / self.std)
+        if hasattr(self, "net"):
+            return self.net((x - self.mean) / self.std)
+        return self.logits.expand(x.shape[0], -1)
 
 
 def skills_hash(skills_dir: str | Path) -> str:

@@ -5,6 +5,10 @@
 2. The head reads the frozen base model's prompt embedding and maximises
    E_k~pi_h[R(prompt, k) + beta_reg log p(z'_k)] + entropy_coef H(pi_h)   (core
    ``categorical_high_level_loss``; exact over the K skills, no policy-gradient noise).
+   Its width is chosen by k-fold cross-validation on the training prompts (one-standard-error rule:
+   the smallest head within one standard error of the best), because a wide head also learns which
+   skill happened to win a tie or a noisy draw on each training prompt, and that does not carry over
+   to new prompts; width 0 is one skill distribution for every prompt.
 No safety signal enters: the skills are safe because the crowd's shared principle is in all of them.
 """
 
@@ -27,7 +31,7 @@ from ..skills_export import load_manifest
 from ..tiny_base import sample_completions
 from .model import RouterHead, RouterSpec, save_router, skills_hash
 
-__all__ = ["RouterArguments", "load_prompts", "score_skills", "train_router"]
+__all__ = ["RouterArguments", "fit_head", "load_prompts", "score_skills", "select_hidden_dim", "train_router"]
 
 
 @dataclass
@@ -53,7 +57,12 @@ class RouterArguments:
         metadata={"help": "Weight of the prior regulariser beta_reg * log p(z'_k) (rewards are in [0, 1])."},
     )
     entropy_coef: float = field(default=0.01, metadata={"help": "Entropy bonus of pi_h."})
-    hidden_dim: int = field(default=64, metadata={"help": "Width of the router head."})
+    hidden_dims: list[int] = field(
+        default_factory=lambda: [0, 8, 64],
+        metadata={"help": "Candidate head widths (0 = one skill distribution for every prompt); with more than "
+                          "one, cross-validation on the training prompts picks the width."},
+    )
+    cv_folds: int = field(default=5, metadata={"help": "Folds of that cross-validation."})
     steps: int = field(default=300, metadata={"help": "Full-batch Adam steps on the reward table."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Adam learning rate of the head."})
     pooling: str = field(default="mean", metadata={"help": "Prompt embedding pooling: mean | last."})
@@ -123,6 +132,60 @@ def _reward_table(args: RouterArguments, model, tokenizer, names, prompts, rewar
     return table
 
 
+def fit_head(
+    emb: torch.Tensor, rewards: torch.Tensor, log_prior: torch.Tensor, hidden_dim: int, args: RouterArguments
+) -> tuple[RouterHead, list[dict[str, float]]]:
+    """A head of width ``hidden_dim`` fitted by full-batch Adam on the reward table."""
+    torch.manual_seed(args.seed)
+    head = RouterHead(emb.shape[1], rewards.shape[1], hidden_dim)
+    head.fit_normaliser(emb)
+    opt = torch.optim.Adam(head.parameters(), lr=args.learning_rate)
+    history = []
+    for step in range(args.steps):
+        loss, metrics = categorical_high_level_loss(
+            head(emb), rewards, log_prior, beta_reg=args.beta_reg, entropy_coef=args.entropy_coef
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            history.append({"step": step, **metrics})
+    return head, history
+
+
+def select_hidden_dim(
+    emb: torch.Tensor, rewards: torch.Tensor, log_prior: torch.Tensor, args: RouterArguments
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """The head width to train, by ``cv_folds``-fold cross-validation of the routed objective
+    R(prompt, k) + beta_reg log p(z'_k) at the head's argmax on held-out training prompts.
+
+    Returns the smallest width whose mean is within one standard error of the best mean, and each
+    width's mean and standard error.
+    """
+    widths = sorted(set(args.hidden_dims))
+    if not widths:
+        raise ValueError("hidden_dims is empty: give at least one head width")
+    folds = min(args.cv_folds, len(emb))
+    if len(widths) == 1 or folds < 2:
+        return widths[-1], {}
+    order = torch.randperm(len(emb), generator=torch.Generator().manual_seed(args.seed))
+    value = rewards + args.beta_reg * log_prior
+    scores = {}
+    for width in widths:
+        per_prompt = torch.empty(len(emb))
+        for f in range(folds):
+            held = order[f::folds]
+            keep = torch.ones(len(emb), dtype=torch.bool)
+            keep[held] = False
+            head, _ = fit_head(emb[keep], rewards[keep], log_prior, width, args)
+            with torch.no_grad():
+                per_prompt[held] = value[held, head(emb[held]).argmax(-1)]
+        scores[str(width)] = {"mean": per_prompt.mean().item(), "stderr": (per_prompt.std() / len(emb) ** 0.5).item()}
+    best = max(scores.values(), key=lambda s: s["mean"])
+    chosen = next(w for w in widths if scores[str(w)]["mean"] >= best["mean"] - best["stderr"])
+    return chosen, scores
+
+
 def train_router(args: RouterArguments, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Score the skills, fit the head, save the router directory; returns training metrics.
 
@@ -153,23 +216,11 @@ def train_router(args: RouterArguments, model: Any = None, tokenizer: Any = None
     log_prior = torch.tensor([s["log_prior"] for s in manifest["skills"]])
     log_prior = log_prior - log_prior.max()
 
-    torch.manual_seed(args.seed)
-    head = RouterHead(emb.shape[1], len(names), args.hidden_dim)
-    head.fit_normaliser(emb)
-    opt = torch.optim.Adam(head.parameters(), lr=args.learning_rate)
-    history = []
-    for step in range(args.steps):
-        loss, metrics = categorical_high_level_loss(
-            head(emb), rewards, log_prior, beta_reg=args.beta_reg, entropy_coef=args.entropy_coef
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == args.steps - 1:
-            history.append({"step": step, **metrics})
+    hidden_dim, cv = select_hidden_dim(emb, rewards, log_prior, args)
+    head, history = fit_head(emb, rewards, log_prior, hidden_dim, args)
     spec = RouterSpec(
         skills_dir=str(Path(args.skills_dir).resolve()), skills_hash=skills_hash(args.skills_dir), skill_names=names,
-        embedding_dim=emb.shape[1], hidden_dim=args.hidden_dim, pooling=args.pooling, max_length=args.max_length,
+        embedding_dim=emb.shape[1], hidden_dim=hidden_dim, pooling=args.pooling, max_length=args.max_length,
         task_reward=args.task_reward, beta_reg=args.beta_reg,
     )
     save_router(head, spec, args.output_dir)
@@ -182,6 +233,8 @@ def train_router(args: RouterArguments, model: Any = None, tokenizer: Any = None
         "routed_reward": rewards[torch.arange(len(prompts)), pick].mean().item(),
         "oracle_routed_reward": rewards.max(1).values.mean().item(),
         "choice_counts": torch.bincount(pick, minlength=len(names)).tolist(),
+        "hidden_dim": hidden_dim,
+        "cross_validation": cv,
         "args": asdict(args),
     }
     write_json(summary, Path(args.output_dir) / "train_summary.json")

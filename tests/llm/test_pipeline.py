@@ -13,7 +13,8 @@ from safecrowd_llm import pipeline
 def test_stages_use_existing_recipes_and_configs(tmp_path):
     todo = pipeline.stages(tmp_path, "quick", None)
     names = [s.name for s in todo]
-    assert names[:5] == ["crowd", "base", "skills", "pooled_reward", "router"] and names[-1] == "evaluate"
+    assert names[:6] == ["crowd", "base", "skills", "pooled_reward", "router", "router greedy"]
+    assert names[-2:] == ["evaluate", "evaluate greedy"]
     assert sum(n.startswith("baseline") for n in names) == 2 + len(pipeline.OMEGAS)
     for stage in todo:
         for arg in stage.command:
@@ -28,7 +29,7 @@ def test_related_systems_are_opt_in_stages_and_evaluated(tmp_path):
     todo = pipeline.stages(tmp_path, "quick", None, related=True)
     added = [s for s in todo if s.name not in plain]
     assert [s.name for s in added] == ["vpl_skills", *(f"related {n}" for n in pipeline.RELATED)]
-    assert todo[-1].name == "evaluate"
+    assert todo[-1].name == "evaluate greedy"
     for stage in added:
         assert all(Path(a).exists() for a in stage.command if a.endswith((".py", ".yaml")) and "recipes" in a)
         assert str(tmp_path / "world" / "crowd.jsonl") in stage.command or "--vpl_model" in stage.command
@@ -43,6 +44,13 @@ def test_imbalanced_crowd_and_evaluation_config(tmp_path):
     names = [m["name"] for m in cfg["methods"]]
     assert {"ours", "task-only", "oracle", "base"} <= set(names)
     assert [m["param"] for m in cfg["methods"] if m.get("group") == "RC(omega)"] == list(pipeline.OMEGAS)
+    greedy = yaml.safe_load((tmp_path / "evaluate_greedy.yaml").read_text())
+    assert greedy["temperature"] == 0 and greedy["samples_per_prompt"] == 1
+    assert greedy["out_dir"] != cfg["out_dir"] and [m["name"] for m in greedy["methods"]] == names
+    paths = {m["name"]: m.get("path") for m in greedy["methods"]}
+    assert paths["ours"] == str(tmp_path / "router_greedy") and paths["oracle"] == str(tmp_path / "baselines" / "oracle")
+    router = next(s for s in pipeline.stages(tmp_path, "quick", None) if s.name == "router greedy")
+    assert router.command[router.command.index("--temperature") + 1] == "0"
 
 
 def test_finished_stages_are_skipped(tmp_path, monkeypatch, capsys):

@@ -44,12 +44,28 @@ def test_router_learns_the_best_skill_per_prompt_and_round_trips(tiny_skills, tm
     table[~hazardous, 1] = 0.8
     _plant_rewards(args, table)
     summary = train_router(args)
+    assert summary["hidden_dim"] > 0  # cross-validation sees that the prompt decides the skill
     assert summary["routed_reward"] > summary["best_single_skill_reward"] + 0.1
     router = load_router(args.output_dir)
     picks = torch.tensor(router.route([p.text for p in TRAIN]))
     assert (picks == torch.where(hazardous, 2, 1)).float().mean() >= 0.95
     assert router.skill_names == ["skill_0", "skill_1", "skill_2"]
     assert torch.allclose(router.probs([TRAIN[0].text]).sum(), torch.tensor(1.0))
+
+
+def test_cross_validation_keeps_one_skill_when_per_prompt_winners_are_noise(tiny_skills, tmp_path):
+    # skill_1 is best on average; which skill wins a given prompt is a coin flip that no prompt feature
+    # predicts, so a wide head only memorises the training draws: the narrowest head must be chosen
+    args = _args(tiny_skills, tmp_path / "r", beta_reg=0.0)
+    g = torch.Generator().manual_seed(0)
+    table = torch.rand(len(TRAIN), 3, generator=g) * 0.6
+    table[:, 1] += 0.35
+    _plant_rewards(args, table)
+    summary = train_router(args)
+    assert summary["hidden_dim"] == 0 and set(summary["cross_validation"]) == {"0", "8", "64"}
+    assert summary["cross_validation"]["0"]["mean"] > summary["cross_validation"]["64"]["mean"]
+    router = load_router(args.output_dir)
+    assert set(router.route([p.text for p in WORLD.split_prompts()[1]])) == {1}
 
 
 def test_prior_regulariser_breaks_ties_towards_likely_skills(tiny_skills, tmp_path):

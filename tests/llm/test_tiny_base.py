@@ -131,6 +131,10 @@ def test_sample_completions_is_seeded_ordered_and_side_effect_free(world, tokeni
     greedy = sample_completions(model, tokenizer, prompts, n=2, temperature=0, max_new_tokens=6)
     assert greedy[0] == greedy[1]
     assert greedy[2:4] == sample_completions(model, tokenizer, prompts[1:2], n=2, temperature=0, max_new_tokens=6)
+    rows, generate = [], model.generate  # greedy copies are decoded once
+    model.generate = lambda **kw: rows.append(len(kw["input_ids"])) or generate(**kw)
+    assert sample_completions(model, tokenizer, prompts, n=4, temperature=0, max_new_tokens=6)[::4] == greedy[::2]
+    assert sum(rows) == len(prompts)
 
 
 def test_generation_report_reads_canonical_responses(world):
