@@ -28,6 +28,8 @@ __all__ = ["PROFILES", "Stage", "main", "stages"]
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 OMEGAS = (0.25, 0.5, 0.75)
+BETAS = {"full": (0.0, 0.2, 1.0), "quick": ()}  # ours' beta_reg sweep, beside the router config's own value
+DECODINGS = {"": [], "_greedy": ["--temperature", "0", "--samples_per_prompt", "1"]}  # router dir suffix -> flags
 RELATED = ("psoups", "maxmin", "safe_rlhf", "plain_vpl")
 
 # Per-profile overrides of the recipes' YAML values. "full" = the YAMLs as they are (what the README's
@@ -87,14 +89,20 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False) ->
                                 # TRL's fine-tuning lr barely moves a LoRA on the tiny base (pair accuracy 0.55)
                                 "--learning_rate", "2e-3", "--per_device_train_batch_size", "32",
                                 "--max_steps", "300", *over.get("pooled_reward", [])], out / "pooled_reward" / "adapter_config.json"),
-        Stage("router", [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"),
-                         "--skills_dir", str(skills / "skills"), "--output_dir", str(out / "router"),
-                         *over.get("router", [])], out / "router" / "router.json"),
-        # the same router for greedy decoding: each skill's most likely answer is what it is scored on
-        Stage("router greedy", [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"),
-                                "--skills_dir", str(skills / "skills"), "--output_dir", str(out / "router_greedy"),
-                                "--temperature", "0", "--samples_per_prompt", "1"], out / "router_greedy" / "router.json"),
     ]
+    # one router for sampled decoding and one for greedy (each skill scored on its most likely answer),
+    # each with its beta_reg sweep (the sweep reuses the router's scored table)
+    for suffix, flags in DECODINGS.items():
+        router = out / f"router{suffix}"
+        command = [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"),
+                   "--skills_dir", str(skills / "skills"), *(flags or over.get("router", []))]
+        name = "router" + suffix.replace("_", " ")
+        result.append(Stage(name, [*command, "--output_dir", str(router)], router / "router.json"))
+        for beta in BETAS[profile]:
+            target = out / f"router{suffix}_beta{beta}"
+            result.append(Stage(f"{name} beta={beta}", [*command, "--output_dir", str(target), "--beta_reg", str(beta),
+                                                        "--reward_table", str(router / "skill_rewards.json")],
+                                target / "router.json"))
     baselines = [("task_only", "textworld_task_only.yaml", []), ("oracle", "textworld_oracle.yaml", [])]
     baselines += [(f"rc_{w}", "textworld_rc.yaml", ["--omega", str(w), "--pooled_reward", str(out / "pooled_reward")])
                   for w in OMEGAS]
@@ -131,7 +139,7 @@ def related_stages(out: Path, over: dict[str, list[str]], common: list[str]) -> 
     return result
 
 
-def write_evaluate_config(out: Path, related: bool = False) -> Path:
+def write_evaluate_config(out: Path, related: bool = False, betas: tuple[float, ...] = ()) -> Path:
     """The comparison of this run: ours against every baseline, on the world's held-out prompts, decoded
     by sampling (``evaluate.yaml``) and greedily (``evaluate_greedy.yaml``: every method's most likely
     answer, and the router trained on the skills' greedy answers)."""
@@ -150,11 +158,27 @@ def write_evaluate_config(out: Path, related: bool = False) -> Path:
            "out_dir": str(out / "eval"), "samples_per_prompt": 16, "temperature": 1.0, "max_new_tokens": 80,
            "seed": 0, "cpu_threads": 1, "methods": methods}
     path = out / "evaluate.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     greedy = {**cfg, "out_dir": str(out / "eval_greedy"), "samples_per_prompt": 1, "temperature": 0.0,
-              "methods": [{**m, "path": str(out / "router_greedy")} if m["name"] == "ours" else m for m in methods]}
+              "methods": _with_beta_sweep(methods, out, "_greedy", betas)}
+    cfg["methods"] = _with_beta_sweep(methods, out, "", betas)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     (out / "evaluate_greedy.yaml").write_text(yaml.safe_dump(greedy, sort_keys=False))
     return path
+
+
+def _with_beta_sweep(methods: list[dict], out: Path, suffix: str, betas: tuple[float, ...]) -> list[dict]:
+    """``methods`` with ours pointed at ``router<suffix>`` and its beta_reg sweep after it (one plot curve)."""
+    beta = yaml.safe_load(Path(_recipe("textworld_router.yaml")).read_text())["beta_reg"]
+    group = {"group": "ours(beta_reg)"}
+    result = []
+    for m in methods:
+        if m["name"] != "ours":
+            result.append(m)
+            continue
+        result.append({**m, "path": str(out / f"router{suffix}"), **group, "param": beta})
+        result += [{"name": f"ours-beta-{b}", "kind": "router", "path": str(out / f"router{suffix}_beta{b}"), **group,
+                    "param": b} for b in betas]
+    return result
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -172,7 +196,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_evaluate_config(out, args.related)
+    write_evaluate_config(out, args.related, BETAS[args.profile])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     todo = stages(out, args.profile, args.crowd, args.related)

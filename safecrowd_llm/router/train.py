@@ -15,6 +15,7 @@ No safety signal enters: the skills are safe because the crowd's shared principl
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,11 @@ class RouterArguments:
     )
     world: str | None = field(default=None, metadata={"help": "Text-world YAML (default: the packaged world)."})
     samples_per_prompt: int = field(default=4, metadata={"help": "Completions per prompt and skill to score."})
+    reward_table: str | None = field(
+        default=None,
+        metadata={"help": "A skill_rewards.json of another router to reuse (e.g. in a beta_reg sweep); used only if "
+                          "it was scored with the same skills, task, prompts and sampling."},
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the scored completions."})
     max_new_tokens: int = field(default=80, metadata={"help": "Length limit of the scored completions."})
     beta_reg: float = field(
@@ -120,10 +126,16 @@ def _reward_table(args: RouterArguments, model, tokenizer, names, prompts, rewar
         "max_new_tokens": args.max_new_tokens, "seed": args.seed,
     }
     path = Path(args.output_dir) / "skill_rewards.json"
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return torch.tensor(cached["rewards"])
+    for source in (path, Path(args.reward_table) if args.reward_table else None):
+        if source is not None and source.exists():
+            cached = json.loads(source.read_text())
+            if cached.get("key") == key:
+                if source != path:
+                    write_json(cached, path)
+                return torch.tensor(cached["rewards"])
+            if source != path:
+                differ = sorted(k for k in key if cached.get("key", {}).get(k) != key[k])
+                warnings.warn(f"{source}: scored with other {', '.join(differ)}; scoring the skills afresh", stacklevel=2)
     table = score_skills(
         model, tokenizer, names, prompts, reward_fn, samples_per_prompt=args.samples_per_prompt,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,

@@ -13,8 +13,16 @@ from safecrowd_llm import pipeline
 def test_stages_use_existing_recipes_and_configs(tmp_path):
     todo = pipeline.stages(tmp_path, "quick", None)
     names = [s.name for s in todo]
-    assert names[:6] == ["crowd", "base", "skills", "pooled_reward", "router", "router greedy"]
+    assert names[:5] == ["crowd", "base", "skills", "pooled_reward", "router"]
     assert names[-2:] == ["evaluate", "evaluate greedy"]
+    assert not [n for n in names if "beta=" in n]  # the quick profile has no time for ours' beta_reg sweep
+    full = pipeline.stages(tmp_path, "full", None)
+    sweeps = [s for s in full if "beta=" in s.name]
+    assert [s.name for s in sweeps] == [f"router{d} beta={b}" for d in ("", " greedy") for b in pipeline.BETAS["full"]]
+    for stage in sweeps:  # each reuses its decoding's scored table instead of generating again
+        table = stage.command[stage.command.index("--reward_table") + 1]
+        assert table == str(tmp_path / ("router_greedy" if "greedy" in stage.name else "router") / "skill_rewards.json")
+        assert full.index(stage) > [s.name for s in full].index(stage.name.split(" beta=")[0])
     assert sum(n.startswith("baseline") for n in names) == 2 + len(pipeline.OMEGAS)
     for stage in todo:
         for arg in stage.command:
@@ -40,15 +48,20 @@ def test_related_systems_are_opt_in_stages_and_evaluated(tmp_path):
 def test_imbalanced_crowd_and_evaluation_config(tmp_path):
     crowd = pipeline.stages(tmp_path, "full", "10:1")[0]
     assert crowd.command[-2:] == ["--proportions", "thorough=10,breezy=1"]
-    cfg = yaml.safe_load(pipeline.write_evaluate_config(tmp_path).read_text())
+    cfg = yaml.safe_load(pipeline.write_evaluate_config(tmp_path, betas=pipeline.BETAS["full"]).read_text())
     names = [m["name"] for m in cfg["methods"]]
-    assert {"ours", "task-only", "oracle", "base"} <= set(names)
     assert [m["param"] for m in cfg["methods"] if m.get("group") == "RC(omega)"] == list(pipeline.OMEGAS)
     greedy = yaml.safe_load((tmp_path / "evaluate_greedy.yaml").read_text())
     assert greedy["temperature"] == 0 and greedy["samples_per_prompt"] == 1
     assert greedy["out_dir"] != cfg["out_dir"] and [m["name"] for m in greedy["methods"]] == names
+    assert {"ours", "task-only", "oracle", "base", "ours-beta-0.2"} <= set(names)
     paths = {m["name"]: m.get("path") for m in greedy["methods"]}
     assert paths["ours"] == str(tmp_path / "router_greedy") and paths["oracle"] == str(tmp_path / "baselines" / "oracle")
+    for config, suffix in ((cfg, ""), (greedy, "_greedy")):  # ours' beta_reg sweep: one curve in the plot
+        sweep = [m for m in config["methods"] if m.get("group") == "ours(beta_reg)"]
+        beta = yaml.safe_load((pipeline.RECIPES / "textworld_router.yaml").read_text())["beta_reg"]
+        assert sorted(m["param"] for m in sweep) == sorted([beta, *pipeline.BETAS["full"]])
+        assert {m["path"] for m in sweep} >= {str(tmp_path / f"router{suffix}_beta{b}") for b in pipeline.BETAS["full"]}
     router = next(s for s in pipeline.stages(tmp_path, "quick", None) if s.name == "router greedy")
     assert router.command[router.command.index("--temperature") + 1] == "0"
 

@@ -85,6 +85,20 @@ def test_router_scores_skills_by_generation_and_caches_the_table(tiny_skills, tm
     assert train_router(args)["skill_mean_reward"] == first["skill_mean_reward"]  # reused, not regenerated
 
 
+def test_a_sweep_reuses_another_routers_table_only_when_it_matches(tiny_skills, tmp_path):
+    first = _args(tiny_skills, tmp_path / "a", steps=5)
+    _plant_rewards(first, torch.rand(len(TRAIN), 3))
+    train_router(first)
+    table = tmp_path / "a" / "skill_rewards.json"
+    sweep = _args(tiny_skills, tmp_path / "b", steps=5, beta_reg=1.0, reward_table=str(table))
+    assert train_router(sweep)["skill_mean_reward"] == train_router(first)["skill_mean_reward"]
+    assert (tmp_path / "b" / "skill_rewards.json").read_text() == table.read_text()
+    other = _args(tiny_skills, tmp_path / "c", steps=5, temperature=0.5, reward_table=str(table))
+    with pytest.warns(UserWarning, match="temperature"):
+        train_router(other)  # scored afresh: the table was sampled at another temperature
+    assert json.loads((tmp_path / "c" / "skill_rewards.json").read_text())["key"]["temperature"] == 0.5
+
+
 def test_changed_skills_directory_is_refused(tiny_skills, tmp_path):
     import shutil
 
