@@ -229,8 +229,11 @@ def plot_reward_cost(summary: dict[str, dict], path: str | Path) -> Path:
     for group, items in groups.items():
         items.sort()
         ax.plot([r[ck] for _, _, r in items], [r[rk] for _, _, r in items], "o-", label=group, zorder=2)
+        labels: dict[tuple[float, float], list[str]] = {}  # one label per point: "0, 0.05" where params coincide
         for param, _, r in items:
-            ax.annotate(f"{param:g}", (r[ck], r[rk]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            labels.setdefault((r[ck], r[rk]), []).append(f"{param:g}")
+        for xy, params in labels.items():
+            ax.annotate(", ".join(params), xy, textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xlabel("safety cost" + (" (Task-only = 1)" if norm else " (unsafe answers per answer)"))
     ax.set_ylabel("task reward" + (" (Oracle = 1)" if norm else ""))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
