@@ -4,6 +4,7 @@
     safecrowd-pipeline --profile full --out runs/full
     safecrowd-pipeline --crowd 10:1           # a crowd whose 'thorough' archetype outnumbers 'breezy' 10:1
     safecrowd-pipeline --related              # also P-Soups, MaxMin-RLHF, Safe RLHF and plain VPL
+    safecrowd-pipeline --task concise         # another new task on the same skills (in OUT/tasks/concise)
 
 Stages (each a recipe a user can also run by hand; a finished stage is skipped, so a stopped run resumes):
 crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only; one for sampled
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from .textworld.judges import TASKS
+
 __all__ = ["PROFILES", "Stage", "main", "stages"]
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -31,6 +34,7 @@ OMEGAS = (0.25, 0.5, 0.75)
 BETAS = {"full": (0.0, 0.2, 1.0), "quick": ()}  # ours' beta_reg sweep, beside the router config's own value
 DECODINGS = {"": [], "_greedy": ["--temperature", "0", "--samples_per_prompt", "1"]}  # router dir suffix -> flags
 RELATED = ("psoups", "maxmin", "safe_rlhf", "plain_vpl")
+JUDGES = "safecrowd_llm.textworld.judges"  # the text world's task rewards: JUDGES.<task>
 
 # Per-profile overrides of the recipes' YAML values. "full" = the YAMLs as they are (what the README's
 # measured numbers come from); "quick" trades quality for time so the whole job fits ~15 minutes on 2 cores.
@@ -67,9 +71,18 @@ def _recipe(name: str) -> str:
     return str(path)
 
 
-def stages(out: Path, profile: str, crowd: str | None, related: bool = False) -> list[Stage]:
+def task_home(out: Path, task: str) -> Path:
+    """Where a task's routers, baselines and evaluations live: the run itself for the default task, else
+    ``out/tasks/<task>`` (the crowd, base, skills and pooled reward are shared by every task)."""
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; the text world ships {', '.join(TASKS)}")
+    return out if task == TASKS[0] else out / "tasks" / task
+
+
+def stages(out: Path, profile: str, crowd: str | None, related: bool = False, task: str = "helpfulness") -> list[Stage]:
     over = PROFILES[profile]
     py = sys.executable
+    home, reward = task_home(out, task), ["--task_reward", f"{JUDGES}.{task}"]
     world, base, skills = out / "world", out / "base", out / "skills_cpl"
     proportions = {"10:1": ["--proportions", "thorough=10,breezy=1"]}.get(crowd or "", [])
     if crowd and not proportions:
@@ -93,13 +106,13 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False) ->
     # one router for sampled decoding and one for greedy (each skill scored on its most likely answer),
     # each with its beta_reg sweep (the sweep reuses the router's scored table)
     for suffix, flags in DECODINGS.items():
-        router = out / f"router{suffix}"
-        command = [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"),
+        router = home / f"router{suffix}"
+        command = [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"), *reward,
                    "--skills_dir", str(skills / "skills"), *(flags or over.get("router", []))]
         name = "router" + suffix.replace("_", " ")
         result.append(Stage(name, [*command, "--output_dir", str(router)], router / "router.json"))
         for beta in BETAS[profile]:
-            target = out / f"router{suffix}_beta{beta}"
+            target = home / f"router{suffix}_beta{beta}"
             result.append(Stage(f"{name} beta={beta}", [*command, "--output_dir", str(target), "--beta_reg", str(beta),
                                                         "--reward_table", str(router / "skill_rewards.json")],
                                 target / "router.json"))
@@ -107,62 +120,67 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False) ->
     baselines += [(f"rc_{w}", "textworld_rc.yaml", ["--omega", str(w), "--pooled_reward", str(out / "pooled_reward")])
                   for w in OMEGAS]
     for name, cfg, extra in baselines:
-        target = out / "baselines" / name
+        target = home / "baselines" / name
         result.append(Stage(f"baseline {name}", [py, _recipe("train_baseline.py"), "--config", _recipe(cfg), *common,
-                                                 "--output_dir", str(target), *extra, *over.get("baseline", [])],
+                                                 *reward, "--output_dir", str(target), *extra, *over.get("baseline", [])],
                             target / "policy.json"))
     if related:
-        result += related_stages(out, over, common)
-    result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(out / "evaluate.yaml"),
-                                     *over.get("evaluate", [])], out / "eval" / "results.md"))
-    result.append(Stage("evaluate greedy", [py, _recipe("evaluate.py"), "--config", str(out / "evaluate_greedy.yaml")],
-                        out / "eval_greedy" / "results.md"))
+        result += related_stages(out, over, common, task)
+    result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(home / "evaluate.yaml"),
+                                     *over.get("evaluate", [])], home / "eval" / "results.md"))
+    result.append(Stage("evaluate greedy", [py, _recipe("evaluate.py"), "--config", str(home / "evaluate_greedy.yaml")],
+                        home / "eval_greedy" / "results.md"))
     return result
 
 
-def related_stages(out: Path, over: dict[str, list[str]], common: list[str]) -> list[Stage]:
+def related_stages(out: Path, over: dict[str, list[str]], common: list[str], task: str = "helpfulness") -> list[Stage]:
     """P-Soups, MaxMin-RLHF, Safe RLHF and plain VPL (which needs a Safe-VPL reward model first)."""
     py, crowd, vpl = sys.executable, ["--dataset", str(out / "world" / "crowd.jsonl")], out / "skills_vpl"
+    home, reward = task_home(out, task), ["--task_reward", f"{JUDGES}.{task}"]
     result = [
         Stage("vpl_skills", [py, _recipe("train_skills.py"), "--config", _recipe("textworld_vpl_skills.yaml"), *common,
                              *crowd, "--output_dir", str(vpl), *over.get("vpl_skills", [])], vpl / "skills" / "skills.json"),
         Stage("related psoups", [py, _recipe("train_psoups.py"), "--config", _recipe("textworld_psoups.yaml"), *common,
-                                 *crowd, "--output_dir", str(out / "related" / "psoups"), *over.get("psoups", [])],
-              out / "related" / "psoups" / "policy.json"),
+                                 *crowd, *reward, "--output_dir", str(home / "related" / "psoups"), *over.get("psoups", [])],
+              home / "related" / "psoups" / "policy.json"),
     ]
     for name, cfg, extra in (("maxmin", "textworld_maxmin.yaml", crowd), ("safe_rlhf", "textworld_safe_rlhf.yaml", crowd),
                              ("plain_vpl", "textworld_plain_vpl.yaml", ["--vpl_model", str(vpl)])):
-        target = out / "related" / name
+        target = home / "related" / name
         result.append(Stage(f"related {name}", [py, _recipe("train_baseline.py"), "--config", _recipe(cfg), *common,
-                                                "--output_dir", str(target), *extra, *over.get("baseline", [])],
+                                                *reward, "--output_dir", str(target), *extra, *over.get("baseline", [])],
                             target / "policy.json"))
     return result
 
 
-def write_evaluate_config(out: Path, related: bool = False, betas: tuple[float, ...] = ()) -> Path:
-    """The comparison of this run: ours against every baseline, on the world's held-out prompts, decoded
-    by sampling (``evaluate.yaml``) and greedily (``evaluate_greedy.yaml``: every method's most likely
-    answer, and the router trained on the skills' greedy answers)."""
+def write_evaluate_config(
+    out: Path, related: bool = False, betas: tuple[float, ...] = (), task: str = "helpfulness"
+) -> Path:
+    """The comparison of this run on ``task``: ours against every baseline, on the world's held-out prompts,
+    decoded by sampling (``evaluate.yaml``) and greedily (``evaluate_greedy.yaml``: every method's most
+    likely answer, and the router trained on the skills' greedy answers); both in :func:`task_home`."""
+    home = task_home(out, task)
+    home.mkdir(parents=True, exist_ok=True)
     methods = [
-        {"name": "ours", "kind": "router", "path": str(out / "router")},
-        {"name": "task-only", "kind": "adapter", "path": str(out / "baselines" / "task_only")},
-        {"name": "oracle", "kind": "adapter", "path": str(out / "baselines" / "oracle")},
-        *({"name": f"rc-{w}", "kind": "adapter", "path": str(out / "baselines" / f"rc_{w}"), "group": "RC(omega)",
+        {"name": "ours", "kind": "router", "path": str(home / "router")},
+        {"name": "task-only", "kind": "adapter", "path": str(home / "baselines" / "task_only")},
+        {"name": "oracle", "kind": "adapter", "path": str(home / "baselines" / "oracle")},
+        *({"name": f"rc-{w}", "kind": "adapter", "path": str(home / "baselines" / f"rc_{w}"), "group": "RC(omega)",
            "param": w} for w in OMEGAS),
         {"name": "base", "kind": "base"},
     ]
     if related:
-        methods[-1:-1] = [{"name": name.replace("_", "-"), "kind": "adapter", "path": str(out / "related" / name)}
+        methods[-1:-1] = [{"name": name.replace("_", "-"), "kind": "adapter", "path": str(home / "related" / name)}
                           for name in RELATED]
-    cfg = {"base_model": str(out / "base"), "task_reward": "safecrowd_llm.textworld.judges.helpfulness",
-           "out_dir": str(out / "eval"), "samples_per_prompt": 16, "temperature": 1.0, "max_new_tokens": 80,
+    cfg = {"base_model": str(out / "base"), "task_reward": f"{JUDGES}.{task}",
+           "out_dir": str(home / "eval"), "samples_per_prompt": 16, "temperature": 1.0, "max_new_tokens": 80,
            "seed": 0, "cpu_threads": 1, "methods": methods}
-    path = out / "evaluate.yaml"
-    greedy = {**cfg, "out_dir": str(out / "eval_greedy"), "samples_per_prompt": 1, "temperature": 0.0,
-              "methods": _with_beta_sweep(methods, out, "_greedy", betas)}
-    cfg["methods"] = _with_beta_sweep(methods, out, "", betas)
+    path = home / "evaluate.yaml"
+    greedy = {**cfg, "out_dir": str(home / "eval_greedy"), "samples_per_prompt": 1, "temperature": 0.0,
+              "methods": _with_beta_sweep(methods, home, "_greedy", betas)}
+    cfg["methods"] = _with_beta_sweep(methods, home, "", betas)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (out / "evaluate_greedy.yaml").write_text(yaml.safe_dump(greedy, sort_keys=False))
+    (home / "evaluate_greedy.yaml").write_text(yaml.safe_dump(greedy, sort_keys=False))
     return path
 
 
@@ -188,6 +206,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crowd", default=None, help="crowd proportions: '10:1' (thorough:breezy) or e.g. 'thorough=3,formal=1'; default balanced")
     p.add_argument("--related", action="store_true",
                    help="also train and evaluate the related systems: P-Soups, MaxMin-RLHF, Safe RLHF, plain VPL")
+    p.add_argument("--task", choices=TASKS, default=TASKS[0],
+                   help="the new task the router and the baselines are trained on (text-world judges: helpfulness = "
+                        "answer everything in detail, concise = briefly, structured = as a formal bulleted list); "
+                        "tasks other than helpfulness live in OUT/tasks/TASK and reuse OUT's crowd, base and skills")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (names as printed)")
     return p.parse_args(argv)
 
@@ -196,10 +218,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_evaluate_config(out, args.related, BETAS[args.profile])
+    write_evaluate_config(out, args.related, BETAS[args.profile], args.task)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    todo = stages(out, args.profile, args.crowd, args.related)
+    todo = stages(out, args.profile, args.crowd, args.related, args.task)
+    home = task_home(out, args.task)
     start = time.perf_counter()
     for i, stage in enumerate(todo, 1):
         if args.only and stage.name not in args.only and stage.name.split()[0] not in args.only:
@@ -214,9 +237,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"stage {stage.name!r} failed (exit {rc}); fix it and rerun: finished stages are kept")
         print(f"[{i}/{len(todo)}] {stage.name}: {time.perf_counter() - t:.0f} s", flush=True)
     for folder, decoding in (("eval", "sampled at temperature 1"), ("eval_greedy", "greedy")):
-        if (out / folder / "results.md").exists():
-            print(f"\nDecoded {decoding}:\n{(out / folder / 'results.md').read_text()}\n"
-                  f"results: {out / folder / 'results.json'}; plot: {out / folder / 'reward_cost.png'}")
+        if (home / folder / "results.md").exists():
+            print(f"\nTask {args.task}, decoded {decoding}:\n{(home / folder / 'results.md').read_text()}\n"
+                  f"results: {home / folder / 'results.json'}; plot: {home / folder / 'reward_cost.png'}")
     print(f"pipeline finished in {time.perf_counter() - start:.0f} s ({args.profile} profile) -> {out}")
 
 

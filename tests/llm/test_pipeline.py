@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from safecrowd_llm import pipeline
@@ -76,3 +77,22 @@ def test_finished_stages_are_skipped(tmp_path, monkeypatch, capsys):
     pipeline.main(["--out", str(tmp_path)])
     assert len(calls) == 1 and "train_router.py" in calls[0][1]
     assert "done already" in capsys.readouterr().out
+
+
+def test_another_task_reuses_the_skills_and_trains_its_own_router_and_baselines(tmp_path):
+    default = {s.name: s for s in pipeline.stages(tmp_path, "full", None)}
+    todo = {s.name: s for s in pipeline.stages(tmp_path, "full", None, task="concise")}
+    assert todo.keys() == default.keys()
+    home = tmp_path / "tasks" / "concise"
+    for name in ("crowd", "base", "skills", "pooled_reward"):  # task-free: shared with the default task's run
+        assert todo[name].command == default[name].command
+    for name, stage in todo.items():
+        if name.startswith(("router", "baseline", "evaluate")):
+            assert str(stage.done).startswith(str(home)), name
+        if name.startswith(("router", "baseline")):
+            assert stage.command[stage.command.index("--task_reward") + 1].endswith(".concise"), name
+    cfg = yaml.safe_load(pipeline.write_evaluate_config(tmp_path, task="concise").read_text())
+    assert cfg["task_reward"].endswith(".concise") and cfg["out_dir"] == str(home / "eval")
+    assert cfg["base_model"] == str(tmp_path / "base")
+    with pytest.raises(SystemExit, match="unknown task"):
+        pipeline.stages(tmp_path, "full", None, task="poetry")
