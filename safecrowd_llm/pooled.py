@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
 from .data import load_preferences
@@ -61,6 +61,8 @@ def train_pooled(data_args: Any, args: PooledRewardConfig | PooledDPOConfig) -> 
     ds = load_preferences(data_args.dataset, split=data_args.dataset_split, min_pairs=data_args.min_pairs)
     ds = ds.select_columns(["prompt", "chosen", "rejected"])  # pooled: who said it is dropped on purpose
     load = {"dtype": getattr(torch, data_args.dtype), "trust_remote_code": args.trust_remote_code}
+    # the reward head and the LoRA are initialised here, before the trainer seeds anything
+    set_seed(args.seed)
     if isinstance(args, RewardConfig):
         model = AutoModelForSequenceClassification.from_pretrained(data_args.base_model, num_labels=1, **load)
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -26,6 +26,25 @@ def test_pooled_baseline_trains_and_saves_an_adapter(base_and_crowd, tmp_path, m
     assert (out / "adapter_model.safetensors").exists()
 
 
+def test_pooled_reward_is_reproducible_given_its_seed(base_and_crowd, tmp_path):
+    # the score head and the LoRA are initialised before TRL's trainer seeds anything: two runs with one
+    # seed must still give the same adapter (RC's baselines read it)
+    import torch
+    from safetensors.torch import load_file
+
+    data = SkillDataArguments(method="pooled-reward", base_model=str(base_and_crowd / "base"),
+                              dataset=str(base_and_crowd / "crowd.jsonl"), cpu_threads=1)
+    runs = []
+    for name in ("a", "b"):
+        args = PooledRewardConfig(output_dir=str(tmp_path / name), max_steps=2, per_device_train_batch_size=8,
+                                  save_strategy="no", report_to="none", use_cpu=True, lora_r=4, max_length=96,
+                                  disable_tqdm=True, seed=3)
+        torch.manual_seed(len(runs))  # a different global RNG state before each run
+        runs.append(load_file(str(train_pooled(data, args) / "adapter_model.safetensors")))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method must be one of"):
         SkillDataArguments(method="pooled-magic")
