@@ -89,7 +89,8 @@ def _fmt(v: Any) -> str:
 def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: list[float] | None = None,
               offline: bool = False, prior_target: str | None = None,
               beta_switch: float | None = None, hl_prior: str = "vae", high_level: str = "td3",
-              horizon: int | None = None, option_latents: str = "skills") -> list[RunSpec]:  # fmt: skip
+              horizon: int | None = None, option_latents: str = "skills",
+              skill_learner: str = "td3bc") -> list[RunSpec]:  # fmt: skip
     """Expand methods with the ablation sweeps (RC per omega; ours per beta_reg, optionally offline or with a
     learned beta_reg that holds a prior log-density target)."""
     out: list[RunSpec] = []
@@ -103,6 +104,7 @@ def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: 
             extra |= {"high_level": high_level} if high_level != "td3" else {}
             extra |= {"horizon": int(horizon)} if horizon else {}
             extra |= {"option_latents": option_latents} if option_latents != "skills" else {}
+            extra |= {"skill_learner": skill_learner} if skill_learner != "td3bc" and m == "safe-vpl" else {}
             out += (
                 [RunSpec(m, {"beta_reg": float(b), **extra}) for b in beta_regs]
                 if beta_regs
@@ -150,12 +152,12 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
                 f"{results_path} was produced with another configuration (config_hash {done.get('config_hash')} "
                 f"!= {chash}); use a new --out for a different crowd/profile, or delete the run"
             )
-        skills_dir = out / env_id / f"{run.method}-skills" / f"seed{seed}"
+        skills_dir = _skills_dir(out, env_id, run, seed)
         if run.method in _OURS and (skills_dir / "skills.safetensors").exists():  # runs finished before skills_eval
-            evaluate_skills(env_id, run.method, data, crowd, profile, seed, skills_dir)
+            evaluate_skills(env_id, run.method, data, crowd, profile, seed, skills_dir, **_skill_options(run))
         return done
     t0 = time.perf_counter()
-    shared = {"skills_dir": out / env_id / f"{run.method}-skills" / f"seed{seed}"} if run.method in _OURS else {}
+    shared = {"skills_dir": _skills_dir(out, env_id, run, seed)} if run.method in _OURS else {}
     policy = train_method(
         run.method, data, crowd, profile, seed, run_dir / "work", progress=progress, **shared, **run.options, **replay
     )
@@ -179,12 +181,23 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
     }  # fmt: skip
     write_json(results, results_path)
     if run.method in _OURS:
-        evaluate_skills(env_id, run.method, data, crowd, profile, seed, shared["skills_dir"])
+        evaluate_skills(env_id, run.method, data, crowd, profile, seed, shared["skills_dir"], **_skill_options(run))
     return results
 
 
+def _skill_options(run: RunSpec) -> dict[str, Any]:
+    """The options of ``run`` that change its skills (not just the high level over them)."""
+    return {k: v for k, v in run.options.items() if k == "skill_learner"}
+
+
+def _skills_dir(out: Path, env_id: str, run: RunSpec, seed: int) -> Path:
+    """Where ``run``'s skills live: shared by every high-level variant of one skill fit."""
+    suffix = "".join(f"_{k}{_fmt(v)}" for k, v in sorted(_skill_options(run).items()))
+    return out / env_id / f"{run.method}-skills{suffix}" / f"seed{seed}"
+
+
 def evaluate_skills(env_id: str, method: str, data: Any, crowd: Any, profile: Any, seed: int,
-                    skills_dir: Path) -> dict[str, Any]:  # fmt: skip
+                    skills_dir: Path, **skill_options: Any) -> dict[str, Any]:  # fmt: skip
     """Each of the K skills alone (latent fixed, no high level), once per skill fit: ``skills_dir/skills_eval.json``.
 
     The paper's claim in one table: every skill should be safe on its own, whatever its users wanted."""
@@ -200,7 +213,7 @@ def evaluate_skills(env_id: str, method: str, data: Any, crowd: Any, profile: An
         same = done.get("skills_hash") == json.loads(fit.read_text()).get("config_hash")
         if same and len(done["skills"][0]["episodes"]) == profile.eval_episodes:
             return done
-    records, policies, h = skill_policies(method, data, crowd, profile, seed, skills_dir)
+    records, policies, h = skill_policies(method, data, crowd, profile, seed, skills_dir, **skill_options)
     kind = dict(zip(crowd.crowd.annotator_ids, crowd.annotator_types))
     rows = []
     for k, (rec, policy) in enumerate(zip(records, policies)):
@@ -300,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option-latents", choices=["skills", "annotators"], default="skills",
                    help="ours with --high-level options: choose between the K selected skills or every annotator's "
                    "posterior mean")
+    p.add_argument("--skill-learner", choices=["td3bc", "iql"], default="td3bc",
+                   help="Safe-VPL's offline skill learner on D_tau relabelled with r_phi: TD3+BC, or implicit "
+                   "Q-learning (clones D_tau's best actions per latent)")
     p.add_argument("--dtau-replay", type=float,
                    help="online baselines (Oracle, Task-only, RC, SOPL): share of every TD3 batch drawn from D_tau, "
                    "relabelled with the baseline's own reward (default 0.5; 0 = purely online, the paper's setting; "
@@ -348,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = CrowdSpec.from_yaml(args.crowd, **overrides)
     runs = plan_runs(methods, args.omegas, args.beta_regs, args.offline, args.prior_target, args.beta_switch,
                      args.hl_prior, args.high_level, args.horizon,
-                     args.option_latents)
+                     args.option_latents, args.skill_learner)
     progress = not args.no_progress
     if args.workers < 1:
         raise SystemExit(f"--workers must be >= 1, got {args.workers}")

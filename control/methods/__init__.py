@@ -5,7 +5,7 @@ oracle     TD3 online on ``r - K cost`` (true cost)                          (:m
 task-only  TD3 online on the env reward ``r``                                (:mod:`.baselines`)
 rc         TD3 online on ``(1 - omega) r + omega r_hat``, pooled BT reward    (:mod:`.baselines`)
 sopl       TD3 online on ``r - K c_hat``, c_hat from safety preference labels (:mod:`.baselines`)
-safe-vpl   VAE + BT latent reward -> TD3+BC skills -> high-level TD3 on ``r`` (:mod:`.skills_vpl`, :mod:`.composition`)
+safe-vpl   VAE + BT latent reward -> TD3+BC (or IQL) skills -> high-level TD3 on ``r`` (:mod:`.skills_vpl`, :mod:`.composition`)
 safe-cpl   VAE + CPL latent policy (skills)       -> high-level TD3 on ``r`` (:mod:`.skills_cpl`, :mod:`.composition`)
 ========== ==========================================================================================
 
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from control.iql import IQLConfig
 from control.methods.baselines import (
     RewardModelConfig,
     StepScore,
@@ -84,6 +85,10 @@ class MethodConfig:
     # annotator's posterior mean: a larger library, each still a real user's skill)
     option_latents: str = "skills"
     options: OptionsConfig = field(default_factory=OptionsConfig)
+    # Safe-VPL's offline skill learner on D_tau relabelled with r_phi: "td3bc" (TD3+BC) or "iql" (implicit
+    # Q-learning: clones D_tau's best actions per latent, never queries Q off D_tau's support)
+    skill_learner: str = "td3bc"
+    iql: IQLConfig = field(default_factory=IQLConfig)
     offline: bool = False  # high-level policy trained offline on D_tau with the BC term (Eq. 12)
     cost_penalty: float | None = None  # Oracle's/SOPL's K; None = default_cost_penalty(scripted D_tau rewards)
     update_every: int = 2  # env steps per TD3 update online (2 halves the compute of a quick run)
@@ -114,6 +119,8 @@ class MethodConfig:
             raise ValueError(f"hl_prior must be 'vae' or 'aggregate', got {cfg.hl_prior!r}")
         if cfg.high_level not in ("td3", "options"):
             raise ValueError(f"high_level must be 'td3' or 'options', got {cfg.high_level!r}")
+        if cfg.skill_learner not in ("td3bc", "iql"):
+            raise ValueError(f"skill_learner must be 'td3bc' or 'iql', got {cfg.skill_learner!r}")
         if cfg.option_latents not in ("skills", "annotators"):
             raise ValueError(f"option_latents must be 'skills' or 'annotators', got {cfg.option_latents!r}")
         if cfg.high_level == "options" and (cfg.offline or cfg.prior_target or cfg.beta_switch):
@@ -324,7 +331,11 @@ class _Run:
         mcrowd = model_crowd(self.crowd.crowd, self.spaces)
         dtau = self.spaces.tensors(self.data)
         cpl, vpl = cfg.skill_configs()
-        h = config_hash("skills", self.method, cpl if self.method == "safe-cpl" else vpl, *self.inputs)
+        iql = replace(cfg.iql, hidden=cfg.hidden) if cfg.skill_learner == "iql" else None
+        if iql is not None and self.method != "safe-vpl":
+            raise ValueError(f"skill_learner='iql' is Safe-VPL's (Safe-CPL learns its skills without RL), not {self.method}'s")
+        parts = (cpl,) if self.method == "safe-cpl" else (vpl,) if iql is None else (vpl, iql)  # td3bc: hash as before
+        h = config_hash("skills", self.method, *parts, *self.inputs)
         path = self.skills_dir / "skills.safetensors"
         found = load_checkpoint(path, h)
         t0 = time.perf_counter()
@@ -353,6 +364,7 @@ class _Run:
                     vpl,
                     seed=self.seed,
                     progress=self.progress,
+                    iql=iql,
                 )
                 info |= {f"skill_{k}": v for k, v in _curve(skill_hist, "critic_loss").items()}
         if found is not None:

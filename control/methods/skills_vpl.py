@@ -1,6 +1,6 @@
 """Safe-VPL skills: the core PreferenceVAE with a Bradley-Terry latent reward ``r_phi(s, a, z')``
 (core ``LatentRewardMLP``), then latent-conditioned low-level skills pi_l(a | s, z') by TD3+BC on D_tau
-relabelled with r_phi.
+relabelled with r_phi (or, with an ``IQLConfig``, by implicit Q-learning: ``control.iql``).
 
 Stage 1 (Eq. 7): maximise E_q[sum log sigmoid(sum_t r_phi(x_t^1, z') - sum_t r_phi(x_t^2, z'))] - beta KL.
 Stage 2: for every sampled D_tau transition draw a latent z' -- from the annotators' posteriors
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from control.iql import IQL, IQLConfig
 from control.methods.latent import LatentConfig, build_vae, fit_vae
 from control.td3 import TD3, TD3Config
 from safecrowd_llm.core import LatentRewardMLP, PreferenceVAE, bradley_terry_batch_log_likelihood
@@ -96,8 +97,10 @@ def train_vpl_skills(
     *,
     seed: int,
     progress: bool = True,
+    iql: IQLConfig | None = None,
 ) -> tuple[ConcatSkill, list[dict[str, float]]]:
-    """TD3+BC on D_tau relabelled with ``r_phi(s, a, z')``; returns the frozen skill and metrics."""
+    """TD3+BC (or IQL, given ``iql``) on D_tau relabelled with ``r_phi(s, a, z')``; returns the frozen skill and
+    metrics."""
     gen = torch.Generator().manual_seed(seed + 29)
     sample_z = LatentSampler(vae, means, stds, config.prior_fraction, gen)
     obs, act = dtau["obs"], dtau["act"]
@@ -108,11 +111,13 @@ def train_vpl_skills(
         r = reward.step_reward(torch.cat([obs[idx], act[idx]], -1), sample_z(len(idx)))
         r_mean, r_std = r.mean(), r.std().clamp(min=1e-6)
 
-    agent = TD3(obs_dim + latent_dim, act_dim, config.td3, seed=seed)
+    agent = (TD3(obs_dim + latent_dim, act_dim, config.td3, seed=seed) if iql is None
+             else IQL(obs_dim + latent_dim, act_dim, iql, seed=seed))  # fmt: skip
+    batch_size = config.td3.batch_size if iql is None else iql.batch_size
     history: list[dict[str, float]] = []
-    bar = tqdm(range(steps), desc="safe-vpl skills (TD3+BC)", disable=not progress, leave=False)
-    for step in bar:
-        idx = torch.randint(0, n, (config.td3.batch_size,), generator=gen)
+    desc = f"safe-vpl skills ({'TD3+BC' if iql is None else 'IQL'})"
+    for step in (bar := tqdm(range(steps), desc=desc, disable=not progress, leave=False)):
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
         z = sample_z(len(idx))
         with torch.no_grad():
             r = (reward.step_reward(torch.cat([obs[idx], act[idx]], -1), z) - r_mean) / r_std

@@ -62,6 +62,7 @@ def test_help_lists_the_ablation_flags(capsys) -> None:
         "--crowd",
         "--profile",
         "--out",
+        "--skill-learner",
     ):
         assert flag in text
 
@@ -73,6 +74,15 @@ def test_plan_expands_sweeps() -> None:
     assert [r.key for r in runs] == ["oracle", "rc_omega0.2", "rc_omega0.8", "safe-vpl_beta_reg0_offline",
                                      "safe-vpl_beta_reg1_offline"]  # fmt: skip
     assert runs[1].label == "RC(ω=0.2)" and benchmark.RunSpec("rc").label == "RC(ω=0.5)"
+
+
+def test_another_skill_learner_gets_its_own_skills() -> None:
+    """--skill-learner iql is Safe-VPL's: its runs and skill fits sit apart from TD3+BC's (same env and seed)."""
+    runs = benchmark.plan_runs(["safe-vpl", "safe-cpl"], high_level="options", skill_learner="iql")
+    assert [r.key for r in runs] == ["safe-vpl_high_leveloptions_skill_learneriql", "safe-cpl_high_leveloptions"]
+    dirs = {benchmark._skills_dir(Path("out"), "E", r, 0) for r in [*runs, benchmark.RunSpec("safe-vpl")]}
+    assert dirs == {Path("out/E/safe-vpl-skills_skill_learneriql/seed0"), Path("out/E/safe-cpl-skills/seed0"),
+                    Path("out/E/safe-vpl-skills/seed0")}  # fmt: skip
 
 
 def test_benchmark_runs_normalises_and_resumes(tmp_path: Path, monkeypatch) -> None:

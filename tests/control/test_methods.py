@@ -243,6 +243,8 @@ def test_options_are_validated() -> None:
         MethodConfig.from_options(hl_prior="uniform")
     with pytest.raises(ValueError, match="dtau_replay must be"):
         MethodConfig.from_options(dtau_replay=1.0)
+    with pytest.raises(ValueError, match="skill_learner must be"):
+        MethodConfig.from_options(skill_learner="cql")
     assert config_hash(MethodConfig()) == config_hash(MethodConfig())
     assert config_hash(MethodConfig()) != config_hash(replace(MethodConfig(), beta_reg=1.0))
 
@@ -281,6 +283,20 @@ def test_every_method_trains_on_a_real_env_and_acts_in_bounds(real_env, tmp_path
     assert acts.shape == (20, data.act_dim) and np.isfinite(acts).all() and (np.abs(acts) <= 1.0 + 1e-6).all()
     log = (tmp_path / method / "train_log.json").read_text()
     assert '"online"' in log or '"high_level_offline"' in log
+
+
+def test_iql_skills_train_on_a_real_env_apart_from_td3_bc_and_only_for_safe_vpl(real_env, tmp_path) -> None:
+    import json
+
+    data, crowd, profile = real_env
+    policy = train_method("safe-vpl", data, crowd, profile, 0, tmp_path / "iql", progress=False, skill_learner="iql")
+    acts = _actions(policy, data)
+    assert np.isfinite(acts).all() and (np.abs(acts) <= 1.0 + 1e-6).all()
+    h_iql = json.loads((tmp_path / "iql" / "skills.json").read_text())["config_hash"]
+    train_method("safe-vpl", data, crowd, profile, 0, tmp_path / "td3bc", progress=False)
+    assert json.loads((tmp_path / "td3bc" / "skills.json").read_text())["config_hash"] != h_iql
+    with pytest.raises(ValueError, match="Safe-VPL's"):
+        train_method("safe-cpl", data, crowd, profile, 0, tmp_path / "cpl", progress=False, skill_learner="iql")
 
 
 def test_the_options_high_level_trains_on_a_real_env_is_seeded_and_cached(real_env, tmp_path) -> None:
