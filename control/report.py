@@ -183,19 +183,20 @@ def write_markdown(summary: dict[str, dict[str, dict[str, Any]]], path: str | Pa
 
 
 def _skill_lines(out: Path, summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """A table of every skill evaluated alone (``<env>/<method>-skills/seed<k>/skills_eval.json``)."""
+    """A table of every skill evaluated alone (``<env>/<method>-skills[_<option>]/seed<k>/skills_eval.json``)."""
     rows = []
     for env, methods in summary.items():
         oracle = methods.get(ORACLE, {}).get("raw_reward")
         task = methods.get(TASK_ONLY, {}).get("raw_cost")
-        for path in sorted((out / env).glob("*-skills/seed*/skills_eval.json")):
+        for path in sorted((out / env).glob("*-skills*/seed*/skills_eval.json")):
             ev = json.loads(path.read_text())
             for sk in ev["skills"]:
                 r, c = sk["mean_reward"], sk["mean_cost"]
                 norm = f"{r / oracle:.2f}" if oracle else "–"
                 norm += f" / {c / task:.2f}" if task else " / –"
                 types = ", ".join(f"{t} {n}" for t, n in sk["types"].items())
-                rows.append(f"| {env} | {ev['method']} | {ev['seed']} | {sk['skill']} | {types} | {norm} | {r:.1f}, {c:.1f} |")
+                fit = path.parent.parent.name.replace("-skills", "")  # the method, and a skill option if any
+                rows.append(f"| {env} | {fit} | {ev['seed']} | {sk['skill']} | {types} | {norm} | {r:.1f}, {c:.1f} |")
     if not rows:
         return []
     return [
@@ -302,7 +303,7 @@ def _merge_dirs(table: Path, src: Path, env: str, title: str) -> None:
     from safecrowd_llm.core.atomic import write_json
 
     root = src / env
-    found = [*root.glob("*/seed*/results.json"), *root.glob("*-skills/seed*/skills_eval.json")]
+    found = [*root.glob("*/seed*/results.json"), *root.glob("*-skills*/seed*/skills_eval.json")]
     copies = {p: table / env / p.relative_to(root) for p in found}  # the benchmark's own layout
     if (root / "dtau.json").exists():
         copies[root / "dtau.json"] = table / env / "dtau.json"
