@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in args.rewards:
         if name == "task":
-            r = d["rew"] - default_cost_penalty(data.rew[data.scripted_mask()]) * costly
+            K = default_cost_penalty(data.rew[data.scripted_mask()])
+            r = d["rew"] - K * costly
         else:
             _, tname, goal = name.split(":", 2)
-            r_user = types[tname].reward(feats, _parse_goal(goal))
-            r = torch.as_tensor(r_user, dtype=torch.float32) - crowd_K * costly
+            K, r_user = crowd_K, types[tname].reward(feats, _parse_goal(goal))
+            r = torch.as_tensor(r_user, dtype=torch.float32) - K * costly
         r = (r - r.mean()) / r.std().clamp(min=1e-6)  # standardised, as the skills' r_phi
         for learner in args.learners:
             t0 = time.perf_counter()
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                 agent.update({"obs": d["obs"][idx], "act": d["act"][idx], "rew": r[idx],
                               "next_obs": d["next_obs"][idx], "terminal": d["terminal"][idx]})  # fmt: skip
             eps = evaluate_policy(env_id, ActorPolicy(spaces, agent.actor), args.episodes, args.seed)
-            print(json.dumps({"env": env_id, "reward": name, "learner": learner, "steps": steps,
+            print(json.dumps({"env": env_id, "reward": name, "learner": learner, "K": K, "steps": steps,
                               "env_reward": float(np.mean([e["reward"] for e in eps])),
                               "cost": float(np.mean([e["cost"] for e in eps])),
                               "seconds": round(time.perf_counter() - t0, 1)}), flush=True)  # fmt: skip
