@@ -307,11 +307,11 @@ def _merge_dirs(table: Path, src: Path, env: str, title: str) -> None:
     copies = {p: table / env / p.relative_to(root) for p in found}  # the benchmark's own layout
     if (root / "dtau.json").exists():
         copies[root / "dtau.json"] = table / env / "dtau.json"
+    old = json.loads((table / "summary.json").read_text()) if (table / "summary.json").exists() else {}
+    summary = merge_env(old, json.loads((src / "summary.json").read_text()), env)  # raises before anything is copied
     for path, dest in sorted(copies.items()):
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, dest)
-    old = json.loads((table / "summary.json").read_text()) if (table / "summary.json").exists() else {}
-    summary = merge_env(old, json.loads((src / "summary.json").read_text()), env)
     write_json(summary, table / "summary.json")
     write_markdown(summary, table / "RESULTS.md", title)
     plot_reward_cost(summary, table / "reward_cost.png")

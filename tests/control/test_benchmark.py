@@ -215,3 +215,16 @@ def test_merging_a_rerun_anchor_renormalises_the_rows_it_did_not_rerun() -> None
     assert merged["Other"] == table["Other"] and table[env]["safe-vpl"]["reward"] is None  # inputs untouched
     with pytest.raises(ValueError, match="one seed"):
         merge_env(table, {env: {"rc": entry("rc", 1.0, 1.0, seeds=(0, 1))}}, env)
+
+
+def test_a_refused_merge_copies_nothing(tmp_path: Path) -> None:
+    from control.report import _merge_dirs
+
+    env, src, table = "SafetyBallReach-v0", tmp_path / "bench", tmp_path / "table"
+    (src / env / "rc" / "seed1").mkdir(parents=True)
+    (src / env / "rc" / "seed1" / "results.json").write_text("{}")
+    entry = {"raw_reward": 1.0, "raw_cost": 1.0, "seeds": [0, 1], "reward": None, "cost": None}
+    (src / "summary.json").write_text(json.dumps({env: {"rc": entry}}))
+    with pytest.raises(ValueError, match="one seed"):
+        _merge_dirs(table, src, env, "")
+    assert not (table / env).exists()
