@@ -25,9 +25,12 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RunSpec", "build_parser", "main", "plan_runs", "run_one", "train_method"]
+if TYPE_CHECKING:
+    from control.crowd import CrowdSpec
+
+__all__ = ["RunSpec", "build_parser", "crowd_config", "main", "plan_runs", "run_one", "train_method"]
 
 DEFAULT_METHODS = ("oracle", "task-only", "rc", "sopl", "safe-vpl", "safe-cpl")
 _OURS = ("safe-vpl", "safe-cpl")
@@ -115,6 +118,12 @@ def plan_runs(methods: list[str], omegas: list[float] | None = None, beta_regs: 
     return out
 
 
+def crowd_config(spec: CrowdSpec) -> dict[str, Any]:
+    """The crowd spec as a run's configuration records it; without goal overrides it is the dict of runs made
+    before ``goals`` existed, so their results stay valid."""
+    return {k: v for k, v in asdict(spec).items() if k != "source" and (k != "goals" or v)}
+
+
 def _config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -134,9 +143,8 @@ def run_one(env_id: str, run: RunSpec, seed: int, data: Any, crowd: Any, profile
 
     run_dir = out / env_id / run.key / f"seed{seed}"
     results_path = run_dir / "results.json"
-    crowd_cfg = {k: v for k, v in asdict(crowd.spec).items() if k != "source"}
     config = {"env": env_id, "method": run.method, "options": run.options, "seed": seed,
-              "profile": asdict(profile), "crowd": crowd_cfg,
+              "profile": asdict(profile), "crowd": crowd_config(crowd.spec),
               "data": data.manifest.get("config_hash")}  # fmt: skip
     replay: dict[str, float] = {}
     if run.method not in _OURS:

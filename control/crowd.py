@@ -10,7 +10,8 @@ their summed ``r`` with a Bradley-Terry model, ``P(a > b) = sigmoid((R_a - R_b) 
 
 A :class:`CrowdSpec` comes from YAML (``control/crowds/*.yaml``); ``proportions`` are keyed by *role*
 (``safe_goal`` / ``unsafe_goal``, split equally among that env's types of the role, so one file fits all
-six envs) or by the env's type names. :func:`make_crowd` is deterministic in ``(data, spec)``.
+six envs) or by the env's type names; ``goals`` replaces a type's goal ranges for one env (which users the
+crowd holds is part of the experiment). :func:`make_crowd` is deterministic in ``(data, spec)``.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class CrowdSpec:
         K: shared safety penalty per step with cost > 0 (r_share = -K).
         flip_prob: probability that a label is flipped after the Bradley-Terry draw.
         temperature: Bradley-Terry temperature in return units (0 = noiseless argmax).
+        goals: goal ranges that replace the defaults, ``{env id or alias: {type: {parameter: [lo, hi]}}}``.
         seed: seeds goals, pairs and labels.
         name: label for results (the YAML file's stem).
         source: the file it came from (for error messages).
@@ -158,6 +160,7 @@ class CrowdSpec:
     K: float = 10.0
     flip_prob: float = 0.0
     temperature: float = 1.0
+    goals: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     seed: int = 0
     name: str = "custom"
     source: str = "<in memory>"
@@ -188,6 +191,47 @@ class CrowdSpec:
                 self._fail(name, f"must be a number in [{lo}, {hi}], got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             self._fail("seed", f"must be an integer, got {self.seed!r}")
+        if not isinstance(self.goals, dict):
+            self._fail("goals", f"must be a mapping of env to {{type: {{parameter: [lo, hi]}}}}, got {self.goals!r}")
+        from control.envs import get_spec
+
+        for env in self.goals:
+            try:
+                get_spec(env)
+            except ValueError as err:
+                self._fail(f"goals.{env}", str(err))
+            self.user_types(env)  # validates every override of env
+
+    def user_types(self, env: str) -> tuple[UserType, ...]:
+        """``env``'s user types with this spec's goal ranges in place of the defaults."""
+        from control.envs import get_spec
+
+        env_id = get_spec(env).env_id
+        over: dict[str, Any] = {}
+        for key, value in self.goals.items():
+            if get_spec(key).env_id == env_id:
+                over = value
+        types = {t.name: t for t in user_types(env_id)}
+        if not isinstance(over, dict):
+            self._fail(f"goals.{env}", f"must map type names to goal ranges, got {over!r}")
+        out = dict(types)
+        for tname, ranges in over.items():
+            where = f"goals.{env}.{tname}"
+            if tname not in types:
+                self._fail(where, f"{env_id} has no user type {tname!r}; its types: {', '.join(types)}")
+            if not isinstance(ranges, dict) or not ranges:
+                self._fail(where, f"must map goal parameters to [lo, hi], got {ranges!r}")
+            new = dict(types[tname].goals)
+            for param, rng in ranges.items():
+                if param not in new:
+                    self._fail(f"{where}.{param}", f"{tname!r} has goal parameters {', '.join(new)}")
+                ok = isinstance(rng, list | tuple) and len(rng) == 2
+                ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in rng) and rng[0] <= rng[1]
+                if not ok:
+                    self._fail(f"{where}.{param}", f"must be [lo, hi] with lo <= hi, got {rng!r}")
+                new[param] = (float(rng[0]), float(rng[1]))
+            out[tname] = replace(types[tname], goals=new)
+        return tuple(out.values())
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> CrowdSpec:
@@ -328,7 +372,7 @@ def make_crowd(data: OfflineData, spec: CrowdSpec) -> SimulatedCrowd:
     if len(starts) < 2:
         raise ValueError(f"{data.env_id}: D_tau has {len(starts)} segments of length {T}; need >= 2 "
                          f"(crowd spec {spec.source}: lower 'segment_length' or generate more data)")  # fmt: skip
-    types = {t.name: t for t in user_types(data.env_id)}
+    types = {t.name: t for t in spec.user_types(data.env_id)}
     rng = np.random.default_rng(spec.seed)
     annotator_types = _allocate(spec.type_shares(data.env_id), spec.num_annotators)
     annotator_types = [annotator_types[i] for i in rng.permutation(len(annotator_types))]

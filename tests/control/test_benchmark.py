@@ -139,6 +139,16 @@ def test_changed_config_is_refused_and_failures_are_reported(tmp_path: Path, mon
         _run(tmp_path, FakeTrainer(), monkeypatch, "--dtau-replay", "0", "--fail-fast")
 
 
+def test_goal_overrides_are_part_of_a_runs_config_and_their_absence_is_not() -> None:
+    from control.crowd import CrowdSpec
+
+    plain = benchmark.crowd_config(CrowdSpec())
+    assert "goals" not in plain and "source" not in plain  # runs made before goal overrides keep their hash
+    over = benchmark.crowd_config(CrowdSpec(goals={"Circle": {"tight": {"speed": [0.8, 6.0]}}}))
+    assert over["goals"] == {"Circle": {"tight": {"speed": [0.8, 6.0]}}}
+    assert {k: v for k, v in over.items() if k != "goals"} == plain
+
+
 def test_evaluate_policy_is_deterministic_and_checks_shapes() -> None:
     policy = lambda obs: np.array([-1.0, 0.1], dtype=np.float32)  # noqa: E731
     a = evaluate_policy("Run", policy, episodes=2, seed=0, max_steps=40)

@@ -170,6 +170,38 @@ def test_spec_errors_name_the_file_and_field(tmp_path: Path, cheetah: OfflineDat
         make_crowd(cheetah, CrowdSpec(segment_length=500))
 
 
+def test_goal_overrides_change_only_the_named_type(tmp_path: Path, cheetah: OfflineData) -> None:
+    path = tmp_path / "fast_slow.yaml"
+    path.write_text("goals:\n  HalfCheetah-vel:\n    slow: {speed: [2.0, 2.5]}\n")
+    spec = CrowdSpec.from_yaml(path, num_annotators=10, pairs_per_annotator=5)
+    slow, fast = spec.user_types("SafetyHalfCheetahVelocity-v1")
+    assert slow.goals == {"speed": (2.0, 2.5)} and fast == user_types("HalfCheetah-vel")[1]
+    assert spec.user_types("Hopper-vel") == user_types("Hopper-vel")  # other envs keep their defaults
+    crowd = make_crowd(cheetah, spec)
+    default = make_crowd(cheetah, spec.with_overrides(goals={}))
+    got = {t: [g["speed"] for tt, g in zip(crowd.annotator_types, crowd.annotator_goals) if tt == t] for t in ("slow", "fast")}
+    assert got["slow"] and all(2.0 <= v <= 2.5 for v in got["slow"])
+    assert not all(2.0 <= g["speed"] <= 2.5 for t, g in zip(default.annotator_types, default.annotator_goals) if t == "slow")
+    assert got["fast"] == [g["speed"] for t, g in zip(default.annotator_types, default.annotator_goals) if t == "fast"]
+
+
+@pytest.mark.parametrize(
+    ("goals", "match"),
+    [
+        ("{Moon: {slow: {speed: [1, 2]}}}", r"'goals.Moon'.*unknown control env"),
+        ("{HalfCheetah-vel: {turbo: {speed: [1, 2]}}}", r"'goals.HalfCheetah-vel.turbo'.*slow, fast"),
+        ("{HalfCheetah-vel: {slow: {lane: [1, 2]}}}", r"'goals.HalfCheetah-vel.slow.lane'.*speed"),
+        ("{HalfCheetah-vel: {slow: {speed: [2, 1]}}}", r"'goals.HalfCheetah-vel.slow.speed'.*lo <= hi"),
+        ("{HalfCheetah-vel: {slow: {speed: 3}}}", r"'goals.HalfCheetah-vel.slow.speed'.*\[lo, hi\]"),
+    ],
+)
+def test_bad_goal_overrides_name_the_file_and_field(tmp_path: Path, goals: str, match: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"goals: {goals}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*" + match):
+        CrowdSpec.from_yaml(path)
+
+
 def test_label_stats_show_the_shared_principle_and_its_absence() -> None:
     data = synthetic_data("SafetyHalfCheetahVelocity-v1", unsafe_episodes=tuple(range(0, 40, 2)))
     spec = CrowdSpec(num_annotators=8, pairs_per_annotator=40, segment_length=10, temperature=0.0, K=10.0)
