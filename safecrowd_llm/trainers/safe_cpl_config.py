@@ -82,6 +82,17 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
         metadata={"help": "The base's top-token probability from which a position counts as sure: kl_positions="
                   "'confident' holds those, regret_positions='hesitant' scores only the others."},
     )
+    support_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of -log pi(S_t | x, y_<t, z') at the response positions the base hesitated on (top-token "
+                  "probability < kl_confidence), S_t = the tokens the base gave >= support_min_prob there. Pushing a "
+                  "rejected choice down (lam near 1) otherwise frees mass onto tokens no answer starts with; this "
+                  "keeps it among the base's own options (an extra no-grad forward of the base per step)."},
+    )
+    support_min_prob: float = field(
+        default=0.01,
+        metadata={"help": "The base's probability from which a token is one of its options (support_coef)."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are preference sets."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate (LoRA and encoder)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimisation steps."})
@@ -107,5 +118,9 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
             raise ValueError(f"regret_window must be >= 0 (0 = every token), got {self.regret_window}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.support_coef < 0:
+            raise ValueError(f"support_coef must be >= 0, got {self.support_coef}")
+        if not 0.0 < self.support_min_prob < 1.0:
+            raise ValueError(f"support_min_prob must be in (0, 1), got {self.support_min_prob}")
         super().__post_init__()
         self.validate_latent_args()

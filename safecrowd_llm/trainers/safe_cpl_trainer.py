@@ -6,7 +6,8 @@ f = alpha * sum_t gamma^t [log pi(y_t | x, y_<t, z') - log pi_ref(y_t | x, y_<t)
 t counts from the first response token, or (``discount_from: divergence``) from the first token where the
 comparison's two responses differ, the decision the annotator actually judged; ``regret_window: N`` counts only
 the first N of those tokens, so the regret never pushes down the rest of a rejected response;
-``regret_positions: hesitant`` sums only the tokens the base hesitated on (its choices), t counting those choices.
+``regret_positions: hesitant`` sums only the tokens the base hesitated on (its choices), t counting those choices;
+``support_coef`` keeps the policy's mass at those choices on the base's own options.
 A behaviour-cloning term on the chosen responses keeps a small model fluent (CPL alone erodes it).
 """
 
@@ -24,8 +25,8 @@ from .base_trainer import LatentSetTrainer, sequence_logps
 from .set_data import TokenizedPairs, _pad_right
 
 __all__ = [
-    "SafeCPLTrainer", "base_sure", "confident_positions", "continuation_weights", "first_tokens", "reference_logps",
-    "regret_mask", "token_kl",
+    "SafeCPLTrainer", "base_sure", "confident_positions", "continuation_weights", "first_tokens", "off_support_nll",
+    "reference_logps", "regret_mask", "token_kl",
 ]
 
 
@@ -97,6 +98,20 @@ def token_kl(logits: Tensor, ref_logits: Tensor, weight: Tensor) -> Tensor:
     return (kl * w).sum() / w.sum().clamp(min=1e-6)
 
 
+def off_support_nll(logits: Tensor, ref_logits: Tensor, weight: Tensor, min_prob: float) -> Tensor:
+    """Weighted mean over positions of -log pi(S_t), S_t = {v : pi_ref(v) >= min_prob}: ~ the mass the policy puts
+    on tokens the reference all but ruled out; 0 when it stays on the reference's options, whatever their order.
+
+    ``weight (B, L)`` is per token, as in :func:`token_kl`.
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)
+    ruled_out = ref < ref.amax(-1, keepdim=True).clamp(max=math.log(min_prob))  # its top token is always an option
+    nll = -logp.masked_fill(ruled_out, float("-inf")).logsumexp(-1)
+    w = weight[:, 1:].to(nll.dtype)
+    return (nll * w).sum() / w.sum().clamp(min=1e-6)
+
+
 def continuation_weights(response_mask: Tensor, decision_mask: Tensor, gamma: float) -> Tensor:
     """Per-token KL weights that leave the judged decision free: the k-th token of ``decision_mask`` (where f's
     discount counts) weighs ``1 - gamma**k``, response tokens before it (a prefix both responses share) weigh 1."""
@@ -136,12 +151,12 @@ class SafeCPLTrainer(LatentSetTrainer):
         logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
         logps, n_tokens = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"])
         hesitant = self.args.regret_positions == "hesitant"
-        if self.args.kl_coef or hesitant:
+        if self.args.kl_coef or hesitant or self.args.support_coef:
             with torch.no_grad():
                 set_latent(model.backbone, None)  # the latent LoRA off: the base
                 ref_logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             set_latent(model.backbone, z_seq)  # back on: backward may re-run the forward
-        needs_sure = hesitant or (self.args.kl_coef and self.args.kl_positions == "confident")
+        needs_sure = hesitant or self.args.support_coef or (self.args.kl_coef and self.args.kl_positions == "confident")
         sure = base_sure(ref_logits, self.args.kl_confidence) if needs_sure else None  # once for both uses
         f = logps
         from_divergence = self.args.discount_from == "divergence"
@@ -159,6 +174,9 @@ class SafeCPLTrainer(LatentSetTrainer):
             elif self.args.kl_positions == "confident":
                 weight = (weight.bool() & sure).float()  # = confident_positions, sure computed once above
             scores["token_kl"] = token_kl(logits, ref_logits, weight)
+        if self.args.support_coef:
+            choices = (inputs["response_mask"].bool() & ~sure).float()
+            scores["off_support"] = off_support_nll(logits, ref_logits, choices, self.args.support_min_prob)
         return scores
 
     def pair_log_likelihood(self, scores, y, weights):
@@ -179,4 +197,8 @@ class SafeCPLTrainer(LatentSetTrainer):
             metrics["token_kl"] = scores["token_kl"].item()
             kl = self.args.kl_coef * scores["token_kl"]
             loss = kl if loss is None else loss + kl
+        if "off_support" in scores:
+            metrics["off_support"] = scores["off_support"].item()
+            held = self.args.support_coef * scores["off_support"]
+            loss = held if loss is None else loss + held
         return loss, metrics

@@ -31,7 +31,12 @@ from safecrowd_llm.trainers import (
     SafeVPLTrainer,
     tokenize_pairs,
 )
-from safecrowd_llm.trainers.safe_cpl_trainer import confident_positions, continuation_weights, token_kl
+from safecrowd_llm.trainers.safe_cpl_trainer import (
+    confident_positions,
+    continuation_weights,
+    off_support_nll,
+    token_kl,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,6 +161,46 @@ def test_kl_to_the_base_keeps_the_policy_near_it(setup, tmp_path):
     assert "token_kl" in runs[5.0].state.log_history[0] and "token_kl" not in runs[0.0].state.log_history[0]
     free, held = _final_token_kl(runs[0.0]), _final_token_kl(runs[5.0])
     assert held < 0.5 * free, (held, free)
+
+
+def test_off_support_nll_counts_only_mass_on_tokens_the_base_ruled_out():
+    ref = torch.log(torch.tensor([[[0.6, 0.3, 0.095, 0.005]] * 3]))  # (1, 3, 4): token 3 is ruled out at 0.01
+    mask = torch.tensor([[0, 1, 1]])
+    reordered = torch.log(torch.tensor([[[0.05, 0.05, 0.9, 0.0]] * 3]) + 1e-9)
+    assert off_support_nll(reordered, ref, mask, 0.01).item() == pytest.approx(0.0, abs=1e-6)
+    leaked = torch.log(torch.tensor([[[0.3, 0.1, 0.1, 0.5]] * 3]))
+    assert off_support_nll(leaked, ref, mask, 0.01).item() == pytest.approx(math.log(2), rel=1e-4)
+    flat = torch.zeros(1, 3, 4)  # a reference sure of nothing still keeps its top token as an option: finite
+    assert math.isfinite(off_support_nll(leaked, flat, mask, 0.9).item())
+    with pytest.raises(ValueError, match="support_min_prob"):
+        SafeCPLConfig(output_dir="x", support_min_prob=0.0)
+
+
+def test_support_term_keeps_a_pushed_down_choice_on_the_base_options(setup, tmp_path):
+    """Pushing a rejected choice down (the regret at lam 1) frees its mass onto every other token, the ones no answer
+    starts with too; with the support term it goes to the base's other option."""
+    vocab = 50
+    ref = torch.full((1, 2, vocab), 0.05 / (vocab - 2))
+    ref[0, :, :2] = torch.tensor([0.5, 0.45])  # the base's two options: tokens 0 and 1
+    ref, mask = ref.log(), torch.tensor([[0, 1]])
+    leaked = {}
+    for coef in (0.0, 5.0):
+        logits = ref.clone().requires_grad_(True)
+        opt = torch.optim.Adam([logits], lr=0.05)
+        for _ in range(100):
+            rejected = torch.log_softmax(logits[0, 0], -1)[0]
+            loss = rejected + coef * off_support_nll(logits, ref, mask, 0.01)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        probs = torch.softmax(logits[0, 0].detach(), -1)
+        assert probs[0] < 0.05  # the rejected choice is pushed down either way
+        leaked[coef] = 1 - probs[:2].sum().item()
+    assert leaked[0.0] > 0.08 and leaked[5.0] < 0.02, leaked  # the base had 0.05 there
+    trainer = make_trainer(setup, "safe-cpl", tmp_path, max_steps=4, lam=1.0, support_coef=1.0)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(math.isfinite(h["off_support"]) for h in logged)
 
 
 def test_resume_from_checkpoint_gives_the_uninterrupted_result(setup, tmp_path):
