@@ -87,7 +87,8 @@ class SafeCPLConfig(LatentSkillArguments, CPUFriendlyDefaults, TrainingArguments
         metadata={"help": "Weight of -log pi(S_t | x, y_<t, z') at the response positions the base hesitated on (top-token "
                   "probability < kl_confidence), S_t = the tokens the base gave >= support_min_prob there. Pushing a "
                   "rejected choice down (lam near 1) otherwise frees mass onto tokens no answer starts with; this "
-                  "keeps it among the base's own options (an extra no-grad forward of the base per step)."},
+                  "keeps it among the base's own options (needs the base's no-grad forward, which the hesitant regret and the KL "
+                  "already make)."},
     )
     support_min_prob: float = field(
         default=0.01,
