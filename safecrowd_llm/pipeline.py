@@ -43,11 +43,9 @@ PROFILES: dict[str, dict[str, list[str]]] = {
     "quick": {
         "world": ["--num-annotators", "32", "--pairs-per-annotator", "32"],
         "base": ["--max_steps", "400"],
-        # the recipe's hesitant regret needs the full crowd: on 32 annotators x 200 steps its composed model answered
-        # 5 of 6 hazardous prompts greedily (cost 0.83) where regret on every token answered none (safecrowd_llm/RESULTS.md);
-        # the conservative lam without the support term is what was measured with it here
-        "skills": ["--max_steps", "200", "--per_device_train_batch_size", "8", "--regret_positions", "all",
-                   "--lam", "0.5", "--support_coef", "0"],
+        # the recipe as it is, shorter: on 32 annotators x 200 steps its composed model is 0.954 / 0.000 greedy and
+        # 0.832 / 0.083 sampled (regret on every token with lam 0.5: 0.492 / 0.000 and 0.612 / 0.083; safecrowd_llm/RESULTS.md)
+        "skills": ["--max_steps", "200", "--per_device_train_batch_size", "8"],
         "pooled_reward": ["--max_steps", "100"],
         "router": ["--samples_per_prompt", "2"],
         "baseline": ["--max_steps", "40"],  # GRPO steps (related systems); best-of-n keeps its 3 rounds (2 leave the Oracle unsafe)
