@@ -9,7 +9,8 @@
 Stages (each a recipe a user can also run by hand; a finished stage is skipped, so a stopped run resumes):
 crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only; one for sampled
 and one for greedy decoding) -> baselines (Task-only, Oracle, RC(omega) by best-of-n fine-tuning) [-> related
-systems, with --related] -> evaluation tables (sampled and greedy) + reward-vs-cost plots.
+systems, with --related] -> evaluation tables (sampled and greedy) + reward-vs-cost plots. Stages that do not read
+each other's outputs run side by side (``--jobs``; e.g. the baselines train while the skills do).
 Runs from a checkout (the recipes and their YAML configs live in ``recipes/``).
 """
 
@@ -63,6 +64,7 @@ class Stage:
     name: str
     command: list[str]
     done: Path
+    needs: tuple[str, ...] = ()  # stages whose outputs this one reads; stages with nothing between them run side by side
     extra: list[str] = field(default_factory=list)
 
 
@@ -94,16 +96,17 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False, ta
         Stage("crowd", [py, "-m", "safecrowd_llm.textworld", "--out", str(world), "--no-sft", *proportions,
                         *over.get("world", [])], world / "crowd.jsonl"),
         Stage("base", [py, _recipe("sft_base.py"), "--config", _recipe("textworld_sft.yaml"), "--output_dir", str(base),
-                       *over.get("base", [])], base / "tiny_base.json"),
+                       *over.get("base", [])], base / "tiny_base.json"),  # the world's own texts, not the crowd
         Stage("skills", [py, _recipe("train_skills.py"), "--config", _recipe("textworld_cpl.yaml"), *common,
                          "--dataset", str(world / "crowd.jsonl"), "--output_dir", str(skills), *over.get("skills", [])],
-              skills / "skills" / "skills.json"),
+              skills / "skills" / "skills.json", ("crowd", "base")),
         Stage("pooled_reward", [py, _recipe("train_skills.py"), "--method", "pooled-reward", *common,
                                 "--dataset", str(world / "crowd.jsonl"), "--output_dir", str(out / "pooled_reward"),
                                 "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no",
                                 # TRL's fine-tuning lr barely moves a LoRA on the tiny base (pair accuracy 0.55)
                                 "--learning_rate", "2e-3", "--per_device_train_batch_size", "32",
-                                "--max_steps", "300", *over.get("pooled_reward", [])], out / "pooled_reward" / "adapter_config.json"),
+                                "--max_steps", "300", *over.get("pooled_reward", [])],
+              out / "pooled_reward" / "adapter_config.json", ("crowd", "base")),
     ]
     # one router for sampled decoding and one for greedy (each skill scored on its most likely answer),
     # each with its beta_reg sweep (the sweep reuses the router's scored table)
@@ -112,26 +115,27 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False, ta
         command = [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"), *reward,
                    "--skills_dir", str(skills / "skills"), *(flags or over.get("router", []))]
         name = "router" + suffix.replace("_", " ")
-        result.append(Stage(name, [*command, "--output_dir", str(router)], router / "router.json"))
+        result.append(Stage(name, [*command, "--output_dir", str(router)], router / "router.json", ("skills",)))
         for beta in BETAS[profile]:
             target = home / f"router{suffix}_beta{beta}"
             result.append(Stage(f"{name} beta={beta}", [*command, "--output_dir", str(target), "--beta_reg", str(beta),
                                                         "--reward_table", str(router / "skill_rewards.json")],
-                                target / "router.json"))
-    baselines = [("task_only", "textworld_task_only.yaml", []), ("oracle", "textworld_oracle.yaml", [])]
-    baselines += [(f"rc_{w}", "textworld_rc.yaml", ["--omega", str(w), "--pooled_reward", str(out / "pooled_reward")])
-                  for w in OMEGAS]
-    for name, cfg, extra in baselines:
+                                target / "router.json", (name,)))
+    baselines = [("task_only", "textworld_task_only.yaml", [], ()), ("oracle", "textworld_oracle.yaml", [], ())]
+    baselines += [(f"rc_{w}", "textworld_rc.yaml", ["--omega", str(w), "--pooled_reward", str(out / "pooled_reward")],
+                   ("pooled_reward",)) for w in OMEGAS]
+    for name, cfg, extra, needs in baselines:
         target = home / "baselines" / name
         result.append(Stage(f"baseline {name}", [py, _recipe("train_baseline.py"), "--config", _recipe(cfg), *common,
                                                  *reward, "--output_dir", str(target), *extra, *over.get("baseline", [])],
-                            target / "policy.json"))
+                            target / "policy.json", ("base", *needs)))
     if related:
         result += related_stages(out, over, common, task)
+    trained = tuple(s.name for s in result)
     result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(home / "evaluate.yaml"),
-                                     *over.get("evaluate", [])], home / "eval" / "results.md"))
+                                     *over.get("evaluate", [])], home / "eval" / "results.md", trained))
     result.append(Stage("evaluate greedy", [py, _recipe("evaluate.py"), "--config", str(home / "evaluate_greedy.yaml")],
-                        home / "eval_greedy" / "results.md"))
+                        home / "eval_greedy" / "results.md", trained))
     return result
 
 
@@ -141,17 +145,19 @@ def related_stages(out: Path, over: dict[str, list[str]], common: list[str], tas
     home, reward = task_home(out, task), ["--task_reward", f"{JUDGES}.{task}"]
     result = [
         Stage("vpl_skills", [py, _recipe("train_skills.py"), "--config", _recipe("textworld_vpl_skills.yaml"), *common,
-                             *crowd, "--output_dir", str(vpl), *over.get("vpl_skills", [])], vpl / "skills" / "skills.json"),
+                             *crowd, "--output_dir", str(vpl), *over.get("vpl_skills", [])], vpl / "skills" / "skills.json",
+              ("crowd", "base")),
         Stage("related psoups", [py, _recipe("train_psoups.py"), "--config", _recipe("textworld_psoups.yaml"), *common,
                                  *crowd, *reward, "--output_dir", str(home / "related" / "psoups"), *over.get("psoups", [])],
-              home / "related" / "psoups" / "policy.json"),
+              home / "related" / "psoups" / "policy.json", ("crowd", "base")),
     ]
-    for name, cfg, extra in (("maxmin", "textworld_maxmin.yaml", crowd), ("safe_rlhf", "textworld_safe_rlhf.yaml", crowd),
-                             ("plain_vpl", "textworld_plain_vpl.yaml", ["--vpl_model", str(vpl)])):
+    for name, cfg, extra, needs in (("maxmin", "textworld_maxmin.yaml", crowd, "crowd"),
+                                    ("safe_rlhf", "textworld_safe_rlhf.yaml", crowd, "crowd"),
+                                    ("plain_vpl", "textworld_plain_vpl.yaml", ["--vpl_model", str(vpl)], "vpl_skills")):
         target = home / "related" / name
         result.append(Stage(f"related {name}", [py, _recipe("train_baseline.py"), "--config", _recipe(cfg), *common,
                                                 *reward, "--output_dir", str(target), *extra, *over.get("baseline", [])],
-                            target / "policy.json"))
+                            target / "policy.json", ("base", needs)))
     return result
 
 
@@ -201,6 +207,57 @@ def _with_beta_sweep(methods: list[dict], out: Path, suffix: str, betas: tuple[f
     return result
 
 
+def run_stages(todo: list[Stage], jobs: int, env: dict[str, str], logs: Path) -> None:
+    """Run the unfinished stages of ``todo``, up to ``jobs`` at a time, each once the stages it needs are done.
+
+    Every recipe uses one thread, so on a 2-core machine the skills and the baselines train side by side (the
+    quick profile: ~16 -> ~10 min). With ``jobs > 1`` each stage writes to ``logs/<stage>.log``; with one job it
+    prints to the terminal. After a failure the running stages finish (their outputs are kept) and nothing new starts.
+    """
+    total, index = len(todo), {s.name: i for i, s in enumerate(todo, 1)}
+    pending, finished, running, failed = [], set(), {}, []
+    for stage in todo:
+        if stage.done.exists():
+            print(f"[{index[stage.name]}/{total}] {stage.name}: done already ({stage.done})", flush=True)
+            finished.add(stage.name)
+        else:
+            pending.append(stage)
+    finished |= {n for s in todo for n in s.needs if n not in index}  # not in this run (``--only``): assumed done
+    while pending or running:
+        for stage in [s for s in pending if set(s.needs) <= finished]:
+            if len(running) >= jobs or failed:
+                break
+            pending.remove(stage)
+            log, out = None, None
+            if jobs > 1:
+                logs.mkdir(parents=True, exist_ok=True)
+                log = logs / f"{stage.name.replace(' ', '_').replace('=', '')}.log"
+                out = log.open("w")
+            print(f"[{index[stage.name]}/{total}] {stage.name}: {' '.join(stage.command[1:])}"
+                  + (f"\n    log: {log}" if log else ""), flush=True)
+            proc = subprocess.Popen(stage.command, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+            running[proc] = (stage, time.perf_counter(), out, log)
+        if not running:
+            if failed:
+                break
+            stuck = ", ".join(f"{s.name} (needs {', '.join(sorted(set(s.needs) - finished))})" for s in pending)
+            raise SystemExit(f"stages that can never start: {stuck}")
+        proc = next((p for p in running if p.poll() is not None), None)
+        if proc is None:
+            time.sleep(0.2)
+            continue
+        stage, t, out, log = running.pop(proc)
+        if out:
+            out.close()
+        if proc.returncode == 0:
+            finished.add(stage.name)
+            print(f"[{index[stage.name]}/{total}] {stage.name}: {time.perf_counter() - t:.0f} s", flush=True)
+        else:
+            failed.append(f"{stage.name!r} (exit {proc.returncode}{f'; log: {log}' if log else ''})")
+    if failed:
+        raise SystemExit(f"stage {', '.join(failed)} failed; fix it and rerun: finished stages are kept")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/pipeline", help="run directory (stages already done there are skipped)")
@@ -213,6 +270,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "answer everything in detail, concise = briefly, structured = as a formal bulleted list); "
                         "tasks other than helpfulness live in OUT/tasks/TASK and reuse OUT's crowd, base and skills")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (names as printed)")
+    p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                   help="stages run side by side when none needs the other's output (each uses one thread; default: "
+                        "the CPU count, at most 4); with more than one, each stage's output goes to OUT/logs/")
     return p.parse_args(argv)
 
 
@@ -223,21 +283,11 @@ def main(argv=None) -> None:
     write_evaluate_config(out, args.related, BETAS[args.profile], args.task)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    todo = stages(out, args.profile, args.crowd, args.related, args.task)
-    home = task_home(out, args.task)
+    todo, home = stages(out, args.profile, args.crowd, args.related, args.task), task_home(out, args.task)
+    if args.only:
+        todo = [s for s in todo if s.name in args.only or s.name.split()[0] in args.only]
     start = time.perf_counter()
-    for i, stage in enumerate(todo, 1):
-        if args.only and stage.name not in args.only and stage.name.split()[0] not in args.only:
-            continue
-        if stage.done.exists():
-            print(f"[{i}/{len(todo)}] {stage.name}: done already ({stage.done})", flush=True)
-            continue
-        print(f"[{i}/{len(todo)}] {stage.name}: {' '.join(stage.command[1:])}", flush=True)
-        t = time.perf_counter()
-        rc = subprocess.call(stage.command, env=env)
-        if rc != 0:
-            raise SystemExit(f"stage {stage.name!r} failed (exit {rc}); fix it and rerun: finished stages are kept")
-        print(f"[{i}/{len(todo)}] {stage.name}: {time.perf_counter() - t:.0f} s", flush=True)
+    run_stages(todo, args.jobs, env, out / "logs")
     for folder, decoding in (("eval", "sampled at temperature 1"), ("eval_greedy", "greedy")):
         if (home / folder / "results.md").exists():
             print(f"\nTask {args.task}, decoded {decoding}:\n{(home / folder / 'results.md').read_text()}\n"

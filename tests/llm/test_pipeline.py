@@ -3,6 +3,8 @@ skipped, and the evaluation compares ours with every baseline."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,14 +75,85 @@ def test_imbalanced_crowd_and_evaluation_config(tmp_path):
 
 def test_finished_stages_are_skipped(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(pipeline.subprocess, "call", lambda cmd, env: calls.append(cmd) or 0)
+
+    class Done:  # a finished subprocess
+        def __init__(self, cmd, **kwargs):
+            calls.append(cmd)
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(pipeline.subprocess, "Popen", Done)
     for stage in pipeline.stages(tmp_path, "quick", None):
         if stage.name != "router":
             stage.done.parent.mkdir(parents=True, exist_ok=True)
             stage.done.write_text("done")
-    pipeline.main(["--out", str(tmp_path)])
+    pipeline.main(["--out", str(tmp_path), "--jobs", "1"])
     assert len(calls) == 1 and "train_router.py" in calls[0][1]
     assert "done already" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("profile,related,task", [("quick", False, "helpfulness"), ("full", True, "concise")])
+def test_each_stage_needs_the_stages_whose_outputs_it_reads(tmp_path, profile, related, task):
+    todo = pipeline.stages(tmp_path, profile, None, related=related, task=task)
+    names = [s.name for s in todo]
+    for i, stage in enumerate(todo):
+        assert set(stage.needs) <= set(names[:i]), stage.name  # listed, and earlier: the plan is a valid order
+        for need in todo:  # a stage that reads another's output directory waits for it
+            home = need.done.parent.parent if need.done.parent.name == "skills" else need.done.parent
+            if any(a == str(home) or a.startswith(str(home) + "/") for a in stage.command[2:]) and need is not stage:
+                assert need.name in stage.needs or need.name in _needs_of(todo, stage), (stage.name, need.name)
+    needs = {s.name: set(s.needs) for s in todo}
+    assert needs["skills"] == needs["pooled_reward"] == {"crowd", "base"}
+    assert "skills" not in needs["baseline oracle"] and "pooled_reward" in needs["baseline rc_0.5"]
+    assert needs["evaluate"] == needs["evaluate greedy"] == set(names[:-2])
+
+
+def _needs_of(todo, stage):
+    """Every stage ``stage`` waits for, directly or through others."""
+    by_name, seen, stack = {s.name: s for s in todo}, set(), list(stage.needs)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack += by_name[name].needs
+    return seen
+
+
+def _stage(tmp_path, name, code, needs=()):
+    """A stage running ``code`` in Python that logs its start and end times to ``name``.times."""
+    done, times = tmp_path / f"{name}.done", tmp_path / f"{name}.times"
+    script = (f"import time, pathlib; t = time.time(); {code}; "
+              f"pathlib.Path({str(times)!r}).write_text(f'{{t}} {{time.time()}}'); pathlib.Path({str(done)!r}).write_text('ok')")
+    return pipeline.Stage(name, [sys.executable, "-c", script], done, tuple(needs))
+
+
+def _span(tmp_path, name):
+    return [float(x) for x in (tmp_path / f"{name}.times").read_text().split()]
+
+
+def test_independent_stages_run_side_by_side_and_dependents_wait(tmp_path, capsys):
+    todo = [_stage(tmp_path, "slow", "time.sleep(1.0)"), _stage(tmp_path, "other", "time.sleep(1.0)"),
+            _stage(tmp_path, "after", "print('hello', 'from', 'after')", needs=["slow"])]
+    pipeline.run_stages(todo, 2, dict(os.environ), tmp_path / "logs")
+    slow, other, after = (_span(tmp_path, n) for n in ("slow", "other", "after"))
+    assert other[0] < slow[1] and slow[0] < other[1]  # overlapped
+    assert after[0] >= slow[1]  # waited for what it reads
+    assert "hello from after" in (tmp_path / "logs" / "after.log").read_text()  # each stage's output in its own log
+    assert "hello from after" not in capsys.readouterr().out
+
+
+def test_a_failed_stage_stops_its_dependents_but_keeps_what_finished(tmp_path):
+    todo = [_stage(tmp_path, "broken", "raise SystemExit('bad config in broken')"),
+            _stage(tmp_path, "fine", "time.sleep(0.5)"), _stage(tmp_path, "later", "pass", needs=["broken"])]
+    with pytest.raises(SystemExit, match=r"'broken' \(exit 1; log: .*broken.log\)"):
+        pipeline.run_stages(todo, 2, dict(os.environ), tmp_path / "logs")
+    assert (tmp_path / "fine.done").exists() and not (tmp_path / "later.done").exists()
+    assert "bad config in broken" in (tmp_path / "logs" / "broken.log").read_text()
+    cycle = [_stage(tmp_path, "a", "pass", needs=["b"]), _stage(tmp_path, "b", "pass", needs=["a"])]
+    with pytest.raises(SystemExit, match=r"can never start: a \(needs b\), b \(needs a\)"):
+        pipeline.run_stages(cycle, 2, dict(os.environ), tmp_path / "logs")
 
 
 def test_another_task_reuses_the_skills_and_trains_its_own_router_and_baselines(tmp_path):
