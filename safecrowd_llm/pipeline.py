@@ -261,7 +261,7 @@ def run_stages(todo: list[Stage], jobs: int, env: dict[str, str], logs: Path) ->
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/pipeline", help="run directory (stages already done there are skipped)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="quick: ~15 min on 2 cores; full: the recipes' settings")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="quick: ~10 min on 2 cores (~15 with one free); full: the recipes' settings")
     p.add_argument("--crowd", default=None, help="crowd proportions: '10:1' (thorough:breezy) or e.g. 'thorough=3,formal=1'; default balanced")
     p.add_argument("--related", action="store_true",
                    help="also train and evaluate the related systems: P-Soups, MaxMin-RLHF, Safe RLHF, plain VPL")
