@@ -258,6 +258,11 @@ def run_stages(todo: list[Stage], jobs: int, env: dict[str, str], logs: Path) ->
         raise SystemExit(f"stage {', '.join(failed)} failed; fix it and rerun: finished stages are kept")
 
 
+def _cpus() -> int:
+    """CPUs this process may run on (its affinity, which containers set; not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/pipeline", help="run directory (stages already done there are skipped)")
@@ -270,10 +275,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "answer everything in detail, concise = briefly, structured = as a formal bulleted list); "
                         "tasks other than helpfulness live in OUT/tasks/TASK and reuse OUT's crowd, base and skills")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (names as printed)")
-    p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--jobs", type=int, default=min(4, _cpus()),
                    help="stages run side by side when none needs the other's output (each uses one thread; default: "
                         "the CPU count, at most 4); with more than one, each stage's output goes to OUT/logs/")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    return args
 
 
 def main(argv=None) -> None:

@@ -173,3 +173,9 @@ def test_another_task_reuses_the_skills_and_trains_its_own_router_and_baselines(
     assert cfg["base_model"] == str(tmp_path / "base")
     with pytest.raises(SystemExit, match="unknown task"):
         pipeline.stages(tmp_path, "full", None, task="poetry")
+
+
+def test_jobs_must_be_positive():
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(["--jobs", "0"])
+    assert pipeline.parse_args([]).jobs >= 1
