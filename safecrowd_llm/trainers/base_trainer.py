@@ -22,7 +22,21 @@ from ..latent_lora import set_latent
 from .set_data import AnnotatorSetCollator, AnnotatorSetDataset, EpochCallback, TokenizedPairs
 from .skill_model import SKILL_MODEL_WEIGHTS, LatentSkillModel
 
-__all__ = ["LatentSetTrainer", "sequence_logps"]
+__all__ = ["LatentSetTrainer", "masked_logp_sum", "sequence_logps", "shifted_log_probs"]
+
+
+def shifted_log_probs(logits: Tensor) -> Tensor:
+    """``(B, L-1, V)`` log-probs in float32: position t predicts token t+1 (``logits`` is ``(B, L, V)``).
+    One full-vocabulary normalisation that every per-token term of a step can share."""
+    return torch.log_softmax(logits[:, :-1].float(), -1)
+
+
+def masked_logp_sum(token_logp: Tensor, mask: Tensor, gamma: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``(B,)`` sums of ``token_logp (B, L-1)`` (token t+1's log-prob at t) over ``mask (B, L)`` and their count;
+    ``gamma < 1`` discounts the k-th masked token by ``gamma**k``."""
+    m = mask[:, 1:].to(token_logp.dtype)
+    weight = m if gamma == 1.0 else m * gamma ** (m.cumsum(-1) - 1).clamp(min=0)
+    return (token_logp * weight).sum(-1), m.sum(-1)
 
 
 def sequence_logps(
@@ -34,11 +48,8 @@ def sequence_logps(
     ``gamma < 1`` discounts the k-th response token by ``gamma**k`` (CPL's discounted regret): early
     tokens — where a response commits to refusing or answering — weigh more than its continuation.
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    token_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, L-1)
-    mask = response_mask[:, 1:].to(token_logp.dtype)
-    weight = mask if gamma == 1.0 else mask * gamma ** (mask.cumsum(-1) - 1).clamp(min=0)
-    return (token_logp * weight).sum(-1), mask.sum(-1)
+    token_logp = shifted_log_probs(logits).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+    return masked_logp_sum(token_logp, response_mask, gamma)
 
 
 class LatentSetTrainer(Trainer):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..core import cpl_log_likelihood
 from ..latent_lora import latent_lora_layers, set_latent
-from .base_trainer import LatentSetTrainer, sequence_logps
+from .base_trainer import LatentSetTrainer, masked_logp_sum, sequence_logps, shifted_log_probs
 from .set_data import TokenizedPairs, _pad_right
 
 __all__ = [
@@ -86,27 +86,24 @@ def first_tokens(mask: Tensor, n: int) -> Tensor:
     return mask if n <= 0 else mask & (mask.long().cumsum(-1) <= n)
 
 
-def token_kl(logits: Tensor, ref_logits: Tensor, weight: Tensor) -> Tensor:
-    """Weighted mean over positions of KL(softmax(logits) || softmax(ref_logits)), the whole vocabulary.
+def token_kl(logp: Tensor, ref_logp: Tensor, weight: Tensor) -> Tensor:
+    """Weighted mean over positions of KL(pi || pi_ref), the whole vocabulary.
 
-    ``weight (B, L)`` is per token (e.g. the response mask, or :func:`continuation_weights`).
+    ``logp``, ``ref_logp``: ``(B, L-1, V)`` log-probs from :func:`shifted_log_probs`; ``weight (B, L)`` is per token
+    (e.g. the response mask, or :func:`continuation_weights`).
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)
-    kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, L-1): position t predicts token t+1
+    kl = (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, L-1): position t predicts token t+1
     w = weight[:, 1:].to(kl.dtype)
     return (kl * w).sum() / w.sum().clamp(min=1e-6)
 
 
-def off_support_nll(logits: Tensor, ref_logits: Tensor, weight: Tensor, min_prob: float) -> Tensor:
+def off_support_nll(logp: Tensor, ref_logp: Tensor, weight: Tensor, min_prob: float) -> Tensor:
     """Weighted mean over positions of -log pi(S_t), S_t = {v : pi_ref(v) >= min_prob}: ~ the mass the policy puts
     on tokens the reference all but ruled out; 0 when it stays on the reference's options, whatever their order.
 
-    ``weight (B, L)`` is per token, as in :func:`token_kl`.
+    ``logp``, ``ref_logp`` and ``weight`` as in :func:`token_kl`.
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    ref = torch.log_softmax(ref_logits[:, :-1].float(), -1)
-    ruled_out = ref < ref.amax(-1, keepdim=True).clamp(max=math.log(min_prob))  # its top token is always an option
+    ruled_out = ref_logp < ref_logp.amax(-1, keepdim=True).clamp(max=math.log(min_prob))  # its top token is always an option
     nll = -logp.masked_fill(ruled_out, float("-inf")).logsumexp(-1)
     w = weight[:, 1:].to(nll.dtype)
     return (nll * w).sum() / w.sum().clamp(min=1e-6)
@@ -149,7 +146,9 @@ class SafeCPLTrainer(LatentSetTrainer):
 
     def pair_scores(self, model, inputs, z_seq):
         logits = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        logps, n_tokens = sequence_logps(logits, inputs["input_ids"], inputs["response_mask"])
+        logp = shifted_log_probs(logits)  # normalised once: every term below reads it (a (B, L, V) pass each)
+        token_logp = logp.gather(-1, inputs["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+        logps, n_tokens = masked_logp_sum(token_logp, inputs["response_mask"])
         hesitant = self.args.regret_positions == "hesitant"
         if self.args.kl_coef or hesitant or self.args.support_coef:
             with torch.no_grad():
@@ -163,9 +162,10 @@ class SafeCPLTrainer(LatentSetTrainer):
         if from_divergence or hesitant or self.args.gamma != 1.0 or self.args.regret_window:
             mask = regret_mask(inputs["response_mask"], inputs["divergence_mask"], sure if hesitant else None,
                                from_divergence=from_divergence, window=self.args.regret_window)
-            f = sequence_logps(logits, inputs["input_ids"], mask, self.args.gamma)[0]
+            f = masked_logp_sum(token_logp, mask, self.args.gamma)[0]
         ratio = f - inputs["ref_logps"] if self.args.use_reference else f
         scores = {"logps": logps, "ratio": ratio, "n_tokens": n_tokens}
+        ref_logp = shifted_log_probs(ref_logits) if self.args.kl_coef or self.args.support_coef else None
         if self.args.kl_coef:
             weight = inputs["response_mask"]
             if self.args.kl_positions == "continuation":
@@ -173,10 +173,10 @@ class SafeCPLTrainer(LatentSetTrainer):
                 weight = continuation_weights(weight, decision, self.args.gamma)
             elif self.args.kl_positions == "confident":
                 weight = (weight.bool() & sure).float()  # = confident_positions, sure computed once above
-            scores["token_kl"] = token_kl(logits, ref_logits, weight)
+            scores["token_kl"] = token_kl(logp, ref_logp, weight)
         if self.args.support_coef:
             choices = (inputs["response_mask"].bool() & ~sure).float()
-            scores["off_support"] = off_support_nll(logits, ref_logits, choices, self.args.support_min_prob)
+            scores["off_support"] = off_support_nll(logp, ref_logp, choices, self.args.support_min_prob)
         return scores
 
     def pair_log_likelihood(self, scores, y, weights):

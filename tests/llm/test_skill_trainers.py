@@ -31,6 +31,7 @@ from safecrowd_llm.trainers import (
     SafeVPLTrainer,
     tokenize_pairs,
 )
+from safecrowd_llm.trainers.base_trainer import shifted_log_probs as lp
 from safecrowd_llm.trainers.safe_cpl_trainer import (
     confident_positions,
     continuation_weights,
@@ -97,13 +98,13 @@ def test_cpl_learns_the_crowd_preferences(setup, tmp_path):
 def test_token_kl_is_zero_at_the_reference_and_ignores_prompt_positions():
     logits = torch.randn(2, 5, 7)
     mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]])
-    assert token_kl(logits, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl(lp(logits), lp(logits), mask).item() == pytest.approx(0.0, abs=1e-6)
     moved = logits.clone()
     moved[0, 0] += torch.randn(7) * 3  # position t predicts token t + 1: here prompt token 1 of row 0
     moved[1, 3:] += torch.randn(2, 7) * 3  # position 4 is past the end; position 3 predicts padding
-    assert token_kl(moved, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl(lp(moved), lp(logits), mask).item() == pytest.approx(0.0, abs=1e-6)
     moved[0, 2] += torch.randn(7) * 3
-    assert token_kl(moved, logits, mask).item() > 0.01
+    assert token_kl(lp(moved), lp(logits), mask).item() > 0.01
 
 
 def test_continuation_kl_leaves_the_first_response_token_free():
@@ -113,9 +114,9 @@ def test_continuation_kl_leaves_the_first_response_token_free():
     opening[0, 1] += torch.randn(7) * 3
     later[0, 3] += torch.randn(7) * 3
     free_opening = continuation_weights(mask, mask, 0.85)
-    assert token_kl(opening, logits, mask).item() > 0.01
-    assert token_kl(opening, logits, free_opening).item() == pytest.approx(0.0, abs=1e-6)
-    assert token_kl(later, logits, free_opening).item() > 0.01
+    assert token_kl(lp(opening), lp(logits), mask).item() > 0.01
+    assert token_kl(lp(opening), lp(logits), free_opening).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl(lp(later), lp(logits), free_opening).item() > 0.01
     # from the divergence (token 2 of the response): the shared prefix is held, the decision is free
     decision = torch.tensor([[0, 0, 0, 0, 1, 1]])
     torch.testing.assert_close(continuation_weights(mask, decision, 0.5), torch.tensor([[0, 0, 1, 1, 0, 0.5]]))
@@ -132,9 +133,9 @@ def test_confident_kl_holds_only_what_the_base_was_sure_of(setup, tmp_path):
     assert confident_positions(ref, mask, 0.9).tolist() == [[0, 0, 1, 0, 1]]
     moved = ref.clone()
     moved[0, 2] = torch.tensor([0.0, 5.0, 0.0, 0.0])  # a new choice where the base hesitated: free
-    assert token_kl(moved, ref, confident_positions(ref, mask, 0.9)).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl(lp(moved), lp(ref), confident_positions(ref, mask, 0.9)).item() == pytest.approx(0.0, abs=1e-6)
     moved[0, 3] = torch.tensor([0.0, 10.0, 0.0, 0.0])  # overriding what the base was sure of: held
-    assert token_kl(moved, ref, confident_positions(ref, mask, 0.9)).item() > 1.0
+    assert token_kl(lp(moved), lp(ref), confident_positions(ref, mask, 0.9)).item() > 1.0
     trainer = make_trainer(setup, "safe-cpl", tmp_path, max_steps=4, kl_coef=1.0, kl_positions="confident")
     trainer.train()
     assert all(math.isfinite(h["token_kl"]) for h in trainer.state.log_history if "token_kl" in h)
@@ -167,11 +168,11 @@ def test_off_support_nll_counts_only_mass_on_tokens_the_base_ruled_out():
     ref = torch.log(torch.tensor([[[0.6, 0.3, 0.095, 0.005]] * 3]))  # (1, 3, 4): token 3 is ruled out at 0.01
     mask = torch.tensor([[0, 1, 1]])
     reordered = torch.log(torch.tensor([[[0.05, 0.05, 0.9, 0.0]] * 3]) + 1e-9)
-    assert off_support_nll(reordered, ref, mask, 0.01).item() == pytest.approx(0.0, abs=1e-6)
+    assert off_support_nll(lp(reordered), lp(ref), mask, 0.01).item() == pytest.approx(0.0, abs=1e-6)
     leaked = torch.log(torch.tensor([[[0.3, 0.1, 0.1, 0.5]] * 3]))
-    assert off_support_nll(leaked, ref, mask, 0.01).item() == pytest.approx(math.log(2), rel=1e-4)
+    assert off_support_nll(lp(leaked), lp(ref), mask, 0.01).item() == pytest.approx(math.log(2), rel=1e-4)
     flat = torch.zeros(1, 3, 4)  # a reference sure of nothing still keeps its top token as an option: finite
-    assert math.isfinite(off_support_nll(leaked, flat, mask, 0.9).item())
+    assert math.isfinite(off_support_nll(lp(leaked), lp(flat), mask, 0.9).item())
     with pytest.raises(ValueError, match="support_min_prob"):
         SafeCPLConfig(output_dir="x", support_min_prob=0.0)
 
@@ -189,7 +190,7 @@ def test_support_term_keeps_a_pushed_down_choice_on_the_base_options(setup, tmp_
         opt = torch.optim.Adam([logits], lr=0.05)
         for _ in range(100):
             rejected = torch.log_softmax(logits[0, 0], -1)[0]
-            loss = rejected + coef * off_support_nll(logits, ref, mask, 0.01)
+            loss = rejected + coef * off_support_nll(lp(logits), lp(ref), mask, 0.01)
             opt.zero_grad()
             loss.backward()
             opt.step()
