@@ -1,22 +1,26 @@
 """From a trained latent-skill model to a skills directory: K PEFT adapters and ``skills.json``.
 
 The annotators' posterior means (each read from their whole preference set) are clustered by the
-core's skill selection; every chosen latent is exported as an ordinary LoRA adapter. ``skills.json``
+core's skill selection (optionally each latent then refined on its whole group's pairs); every chosen latent is
+exported as an ordinary LoRA adapter. ``skills.json``
 records what a downstream tool needs: base model, latent dimension, and per skill its name, latent,
 prior log-density and covered annotators, plus the hash of the training config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .core import Crowd, SkillSelection, pad_sets, select_skills
 from .core.atomic import write_json
@@ -62,12 +66,24 @@ def export_skills(
     k_range: tuple[int, int] = (2, 8),
     seed: int = 0,
     training_config: Mapping[str, Any] | Any | None = None,
+    refine: Callable[[list[str], Tensor], Tensor] | None = None,
 ) -> tuple[SkillSelection, dict[str, Any]]:
-    """Select skills from ``crowd``'s posterior means and write ``out_dir/skill_<k>/`` + ``skills.json``."""
+    """Select skills from ``crowd``'s posterior means and write ``out_dir/skill_<k>/`` + ``skills.json``.
+
+    ``refine(annotator_ids, centroid) -> latent`` moves each selected latent (e.g. the trainer's
+    ``fit_group_latent``); the manifest then also keeps the k-means ``centroid``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids, means = posterior_means(model, crowd)
     selection = select_skills(means, ids, model.vae.prior, k=num_skills, k_range=k_range, seed=seed)
+    centroids = selection.latents
+    if refine is not None:
+        latents = torch.stack([refine(selection.covered[k], centroids[k]) for k in tqdm(range(selection.k), desc="refining skills")])
+        device = next(itertools.chain(model.vae.prior.parameters(), model.vae.prior.buffers()), latents).device
+        with torch.no_grad():
+            log_prior = model.vae.prior.log_prob(latents.to(device)).float().cpu()
+        selection = dataclasses.replace(selection, latents=latents, log_prior=log_prior)
     base = model.spec["base_model_name_or_path"]
     skills = []
     set_latent(model.backbone, None)
@@ -81,6 +97,7 @@ def export_skills(
                 "latent": [round(float(v), 6) for v in selection.latents[k]],
                 "log_prior": float(selection.log_prior[k]),
                 "annotators": selection.covered[k],
+                **({"centroid": [round(float(v), 6) for v in centroids[k]]} if refine is not None else {}),
             }
         )
     manifest = {

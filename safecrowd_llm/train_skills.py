@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from .data import build_crowd, load_preferences, to_text
@@ -114,9 +115,9 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
         backbone, args, feature_dim=emb.shape[1], base_model_name_or_path=data_args.base_model,
         kind=data_args.method, seed=args.seed,
     )
-    if data_args.export_only:  # the crowd (its split and features) is all export needs
-        model.load_trainable(out / "latent_model")
-    else:
+    refining = args.skill_refine_steps > 0
+    trainer = None
+    if not data_args.export_only or refining:  # export alone needs only the crowd (its split and features)
         tokens = tokenize_pairs(tokenizer, ds["prompt"], ds["chosen"], ds["rejected"], args.max_length)
         context = (args.context_min, args.context_max)
         train_set = AnnotatorSetDataset(train_crowd, context, args.max_target_pairs, seed=args.seed)
@@ -127,28 +128,35 @@ def train_skills(data_args: SkillDataArguments, args: SafeCPLConfig | SafeVPLCon
             model=model, args=args, train_dataset=train_set, tokens=tokens, eval_dataset=eval_set,
             processing_class=tokenizer,
         )
-        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-        trainer.save_model(str(out / "latent_model"))
-        accelerator = trainer.accelerator
-        # the main process exports; every rank then leaves the process group together (a rank that exits while
-        # gloo's threads still run can abort: "terminate called without an active exception")
-        manifest = (
-            _export(accelerator.unwrap_model(trainer.model), train_crowd, out, data_args, args)
-            if accelerator.is_main_process else {}
-        )
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
-        return manifest
-    return _export(model, train_crowd, out, data_args, args)
+    if data_args.export_only:
+        model.load_trainable(out / "latent_model")
+        return _export(model, train_crowd, out, data_args, args, trainer)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(str(out / "latent_model"))
+    accelerator = trainer.accelerator
+    # the main process exports; every rank then leaves the process group together (a rank that exits while
+    # gloo's threads still run can abort: "terminate called without an active exception")
+    manifest = (
+        _export(accelerator.unwrap_model(trainer.model), train_crowd, out, data_args, args, trainer)
+        if accelerator.is_main_process else {}
+    )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return manifest
 
 
-def _export(model: LatentSkillModel, crowd, out: Path, data_args: SkillDataArguments, args) -> dict:
+def _export(model: LatentSkillModel, crowd, out: Path, data_args: SkillDataArguments, args, trainer=None) -> dict:
     """Cluster the crowd's posteriors into skills and write them as PEFT adapters under ``out/skills``."""
+    refine = None
+    if args.skill_refine_steps > 0:
+        def refine(ids: list[str], z0: Tensor) -> Tensor:
+            return trainer.fit_group_latent([crowd.sets[a] for a in ids], z0, args.skill_refine_steps, args.skill_refine_lr)
     _, manifest = export_skills(
         model, crowd, out / "skills",
         num_skills=args.num_skills, k_range=(args.skill_k_min, args.skill_k_max), seed=args.seed,
         training_config={"data": {k: v for k, v in vars(data_args).items() if k != "export_only"},
                          "training": args.to_dict()},
+        refine=refine,
     )
     logger.info("exported %d skills to %s", len(manifest["skills"]), out / "skills")
     return manifest

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 from transformers import Trainer
 
-from ..core import KLSchedule, PreferenceSetBatch
+from ..core import KLSchedule, PreferenceSet, PreferenceSetBatch
 from ..latent_lora import set_latent
 from .set_data import AnnotatorSetCollator, AnnotatorSetDataset, EpochCallback, TokenizedPairs
 from .skill_model import SKILL_MODEL_WEIGHTS, LatentSkillModel
@@ -129,6 +130,47 @@ class LatentSetTrainer(Trainer):
         for k, v in metrics.items():
             self._metrics[mode][k].append(v)
         return (loss, {}) if return_outputs else loss
+
+    def fit_group_latent(self, sets: Sequence[PreferenceSet], z0: Tensor, steps: int, lr: float) -> Tensor:
+        """The one latent that best explains a group of annotators' preferences under the trained decoder: MAP of
+        sum over the group's pairs of log p(pair | z') + log p(z'), by ``steps`` Adam steps on z' alone from ``z0``.
+
+        Why: a skill stands for a group (a k-means cluster), but its centroid averages posterior means that the
+        amortised encoder shrinks toward the prior from one annotator's few pairs each; a taste the group shares
+        weakly (breezy's prose over bullets) can then sit on the other side of a neighbour's. Fitted on the whole
+        group's pairs, the likelihood outweighs the prior. Every weight stays frozen.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        trainable = [q for q in model.parameters() if q.requires_grad]
+        was_training = model.training
+        model.eval()
+        for q in trainable:
+            q.requires_grad_(False)
+        device = self.args.device
+        z = z0.detach().clone().float().to(device).reshape(1, -1).requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        g = torch.Generator().manual_seed(self.args.seed)
+        n_pairs = sum(len(s) for s in sets)
+        per_step = self.args.per_device_train_batch_size
+        try:
+            for _ in range(steps):
+                items = []
+                for i in torch.randperm(len(sets), generator=g)[:per_step].tolist():
+                    target = torch.randperm(len(sets[i]), generator=g)[: self.args.max_target_pairs]
+                    items.append({"context": sets[i].subset(target[:1]), "target": sets[i].subset(target)})
+                inputs = self._prepare_inputs(self.data_collator(items))
+                batch = inputs["sets"].to(device)
+                ll = self._set_log_likelihood(model, inputs, {}, z.expand(len(items), -1), batch)
+                loss = -(ll.sum() / inputs["pair_set"].numel() + model.vae.prior.log_prob(z).sum() / n_pairs)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        finally:
+            set_latent(model.backbone, None)
+            for q in trainable:
+                q.requires_grad_(True)
+            model.train(was_training)
+        return z.detach().reshape(-1).cpu()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         with torch.no_grad():

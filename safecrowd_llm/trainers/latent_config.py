@@ -60,6 +60,13 @@ class LatentSkillArguments:
     )
     skill_k_min: int = field(default=2, metadata={"help": "Smallest K of the silhouette sweep."})
     skill_k_max: int = field(default=8, metadata={"help": "Largest K of the silhouette sweep."})
+    skill_refine_steps: int = field(
+        default=0,
+        metadata={"help": "Adam steps fitting each skill's latent to all its annotators' pairs (MAP under the trained "
+                          "decoder and prior, weights frozen) after k-means picks it; 0 = the cluster centroid of their "
+                          "posterior means, which the encoder shrinks toward the prior."},
+    )
+    skill_refine_lr: float = field(default=0.05, metadata={"help": "Adam learning rate of skill_refine_steps."})
 
     def validate_latent_args(self) -> None:
         errors = []
@@ -79,5 +86,8 @@ class LatentSkillArguments:
             errors.append(f"embedding_pooling must be 'mean' or 'last' (got {self.embedding_pooling!r})")
         if self.num_skills is not None and self.num_skills < 1:
             errors.append(f"num_skills must be >= 1 or None (got {self.num_skills})")
+        if self.skill_refine_steps < 0 or self.skill_refine_lr <= 0:
+            errors.append(f"need skill_refine_steps >= 0 and skill_refine_lr > 0 (got {self.skill_refine_steps}, "
+                          f"{self.skill_refine_lr})")
         if errors:
             raise ValueError("invalid latent-skill arguments: " + "; ".join(errors))

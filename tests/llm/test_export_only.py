@@ -26,6 +26,19 @@ def test_export_only_reproduces_the_trained_skills_and_can_change_k(vpl_run, vpl
     assert len(three["skills"]) == 3 and len(list((tmp_path / "skills").glob("skill_*"))) >= 3
 
 
+
+def test_export_only_can_refine_each_skill_on_its_group(vpl_run, vpl_arguments, base_and_crowd, tmp_path):
+    shutil.copytree(vpl_run / "latent_model", tmp_path / "latent_model")
+    trained = json.loads((vpl_run / "skills" / "skills.json").read_text())
+    refined = train_skills(*vpl_arguments(base_and_crowd, tmp_path, export_only=True, skill_refine_steps=5,
+                                          skill_refine_lr=0.2))
+    for old, new in zip(trained["skills"], refined["skills"], strict=True):
+        assert new["centroid"] == old["latent"] and new["latent"] != old["latent"]  # moved from the k-means centroid
+        assert new["annotators"] == old["annotators"] and math.isfinite(new["log_prior"])
+    assert refined["config_hash"] != trained["config_hash"]
+    with pytest.raises(ValueError, match="skill_refine_steps"):
+        vpl_arguments(base_and_crowd, tmp_path, skill_refine_steps=-1)
+
 def test_export_only_without_a_trained_model_names_what_is_missing(vpl_arguments, base_and_crowd, tmp_path):
     with pytest.raises(FileNotFoundError, match="latent_model"):
         train_skills(*vpl_arguments(base_and_crowd, tmp_path, export_only=True))

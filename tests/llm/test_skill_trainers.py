@@ -459,3 +459,29 @@ def test_regret_window_scores_only_the_first_tokens_of_the_decision(setup, tmp_p
         assert (grad[~scored] == 0).all() and (grad[scored] > 0).all()
     with pytest.raises(ValueError, match="regret_window"):
         SafeCPLConfig(output_dir=str(tmp_path), regret_window=-1, use_cpu=True)
+
+
+def _group_objective(trainer, sets, z) -> float:
+    """Mean log-likelihood of every pair of ``sets`` under the one latent ``z``, plus log p(z) / #pairs."""
+    model = trainer.model
+    items = [{"context": s.subset(torch.arange(1)), "target": s} for s in sets]
+    inputs = trainer.data_collator(items)
+    with torch.no_grad():
+        ll = trainer._set_log_likelihood(model, inputs, {}, z.reshape(1, -1).expand(len(sets), -1), inputs["sets"])
+        n = inputs["pair_set"].numel()
+        return (ll.sum() / n + model.vae.prior.log_prob(z.reshape(1, -1)).sum() / n).item()
+
+
+@pytest.mark.parametrize("kind", ["safe-cpl", "safe-vpl"])
+def test_fit_group_latent_explains_the_group_better_and_trains_nothing(setup, tmp_path, kind):
+    trainer = make_trainer(setup, kind, tmp_path, max_steps=20, learning_rate=1e-2)
+    trainer.train()
+    sets = list(setup["crowd"].sets.values())[:4]
+    z0 = torch.zeros(trainer.model.latent_dim)
+    weights = {n: (p.detach().clone(), p.requires_grad) for n, p in trainer.model.named_parameters()}
+    z = trainer.fit_group_latent(sets, z0, steps=30, lr=0.1)
+    assert z.shape == z0.shape and not torch.equal(z, z0)
+    assert _group_objective(trainer, sets, z) > _group_objective(trainer, sets, z0) + 1e-3
+    for n, p in trainer.model.named_parameters():
+        assert torch.equal(p, weights[n][0]) and p.requires_grad == weights[n][1], n
+    assert trainer.model.training
