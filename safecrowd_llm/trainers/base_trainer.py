@@ -138,7 +138,8 @@ class LatentSetTrainer(Trainer):
         Why: a skill stands for a group (a k-means cluster), but its centroid averages posterior means that the
         amortised encoder shrinks toward the prior from one annotator's few pairs each; a taste the group shares
         weakly (breezy's prose over bullets) can then sit on the other side of a neighbour's. Fitted on the whole
-        group's pairs, the likelihood outweighs the prior. Every weight stays frozen.
+        group's pairs, the likelihood outweighs the prior. The decoder's extra terms (:meth:`extra_loss`) count as in
+        training, so the fitted latent stays where the policy is fluent. Every weight stays frozen.
         """
         model = self.accelerator.unwrap_model(self.model)
         trainable = [q for q in model.parameters() if q.requires_grad]
@@ -160,8 +161,14 @@ class LatentSetTrainer(Trainer):
                     items.append({"context": sets[i].subset(target[:1]), "target": sets[i].subset(target)})
                 inputs = self._prepare_inputs(self.data_collator(items))
                 batch = inputs["sets"].to(device)
-                ll = self._set_log_likelihood(model, inputs, {}, z.expand(len(items), -1), batch)
-                loss = -(ll.sum() / inputs["pair_set"].numel() + model.vae.prior.log_prob(z).sum() / n_pairs)
+                cache: dict[str, list] = {}
+                ll = self._set_log_likelihood(model, inputs, cache, z.expand(len(items), -1), batch)
+                # the training loss at a fixed z': per annotator -sum log p(pairs | z'), the prior's share of the
+                # group's total, and the decoder's own extra terms (CPL's BC, KL and support terms keep it fluent)
+                per_set = inputs["pair_set"].numel() / len(items)
+                loss = -(ll.sum() / len(items) + per_set * model.vae.prior.log_prob(z).sum() / n_pairs)
+                extra, _ = self.extra_loss(cache["scores"][-1])
+                loss = loss if extra is None else loss + extra
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
