@@ -1,10 +1,9 @@
 """From a trained latent-skill model to a skills directory: K PEFT adapters and ``skills.json``.
 
-The annotators' posterior means (each read from their whole preference set) are clustered by the
-core's skill selection (optionally each latent then refined on its whole group's pairs); every chosen latent is
-exported as an ordinary LoRA adapter. ``skills.json``
-records what a downstream tool needs: base model, latent dimension, and per skill its name, latent,
-prior log-density and covered annotators, plus the hash of the training config.
+The annotators' posterior means (each read from their whole preference set) are clustered by the core's skill
+selection (each latent then optionally refined on its whole group's pairs); every chosen latent is exported as an
+ordinary LoRA adapter. ``skills.json`` records what a downstream tool needs: base model, latent dimension, and per
+skill its name, latent, prior log-density and covered annotators, plus the hash of the training config.
 """
 
 from __future__ import annotations
