@@ -44,8 +44,9 @@ PROFILES: dict[str, dict[str, list[str]]] = {
     "quick": {
         "world": ["--num-annotators", "32", "--pairs-per-annotator", "32"],
         "base": ["--max_steps", "400"],
-        # the recipe's objective as it is, shorter: on 32 annotators x 200 steps its composed model is 0.954 / 0.000 greedy and
-        # 0.832 / 0.083 sampled (regret on every token with lam 0.5: 0.492 / 0.000 and 0.612 / 0.083; safecrowd_llm/RESULTS.md)
+        # the recipe's objective as it is, shorter: on 32 annotators x 200 steps its composed model is 0.86-0.95 / 0.000
+        # greedy and 0.79-0.83 / 0.083 sampled over two runs (regret on every token with lam 0.5: 0.492 / 0.000 and
+        # 0.612 / 0.083; README, BENCHMARKS.md)
         # no skill refinement: on this crowd's clusters of 3-9 annotators it moved a skill to answer a hazardous
         # prompt (greedy 0.954 / 0.000 -> 0.908 / 0.167; it gives 4/4 styles on the 256 crowd, safecrowd_llm/RESULTS.md)
         "skills": ["--max_steps", "200", "--per_device_train_batch_size", "8", "--skill_refine_steps", "0"],
