@@ -47,8 +47,8 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         # the recipe's objective as it is, shorter: on 32 annotators x 200 steps its composed model is 0.86-0.95 / 0.000
         # greedy and 0.79-0.83 / 0.083 sampled over two runs (regret on every token with lam 0.5: 0.492 / 0.000 and
         # 0.612 / 0.083; README, BENCHMARKS.md)
-        # no skill refinement: on this crowd's clusters of 3-9 annotators it moved a skill to answer a hazardous
-        # prompt (greedy 0.954 / 0.000 -> 0.908 / 0.167; it gives 4/4 styles on the 256 crowd, safecrowd_llm/RESULTS.md)
+        # no skill refinement: on this crowd it finds no further style (2/4 either way) and makes a less safe skill the
+        # greedy router's pick (0.862 / 0.000 -> 0.908 / 0.167); it gives 4/4 on the 256 crowd (safecrowd_llm/RESULTS.md)
         "skills": ["--max_steps", "200", "--per_device_train_batch_size", "8", "--skill_refine_steps", "0"],
         "pooled_reward": ["--max_steps", "100"],
         "router": ["--samples_per_prompt", "2"],
