@@ -7,8 +7,9 @@ Each combination of ``--set`` values (a Cartesian product) trains ``recipes/trai
 ``--config`` in its own process (one CPU thread each, or ``--device cuda``), then every run's skills are
 scored with :func:`safecrowd_llm.evaluate_skills.exact_skill_report` on the world's held-out prompts:
 refusal among well-formed answers on hazardous/benign prompts (exact probabilities, no sampling),
-well-formed mass, each archetype's favourite skill. Finished runs are skipped (resumable). Writes
-``<out>/sweep.json`` and ``<out>/sweep.md``.
+well-formed mass, the share of all hazardous text that is a well-formed refusal, each archetype's
+favourite skill; ``--top-p`` scores nucleus sampling instead of pure sampling. Finished runs are skipped
+(resumable). Writes ``<out>/sweep.json`` and ``<out>/sweep.md`` (``sweep_top_p<P>.*`` with ``--top-p``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="runs trained at once")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="score nucleus sampling exactly (cached as exact_eval_top_p<P>.json; 1 = pure sampling)")
     p.add_argument("--score-only", action="store_true",
                    help="score the finished runs, train nothing (without --set: every run found under --out)")
     p.add_argument("--train-only", action="store_true", help="train, score nothing (e.g. on a GPU box; score later)")
@@ -85,7 +88,7 @@ def train_runtime(run: Path) -> float:
     return float(found[-1]) if found else 0.0
 
 
-def score(run: Path, world, prompts) -> dict:
+def score(run: Path, world, prompts, top_p: float = 1.0) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,25 +98,27 @@ def score(run: Path, world, prompts) -> dict:
     base = load_manifest(run / "skills")["base_model"]
     tok = AutoTokenizer.from_pretrained(base)
     model, manifest = load_skills_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), run / "skills")
-    return exact_skill_report(model, manifest, tok, world, prompts)
+    return exact_skill_report(model, manifest, tok, world, prompts, top_p=top_p)
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| run | min haz. refusal | mean haz. refusal | worst-prompt haz. refusal | benign refusal "
-        "| haz. well-formed | benign well-formed | styles found | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| haz. well-formed | benign well-formed | min all-text haz. refusal | styles found | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["report"]["skills"].values()
         found = sum(r["report"]["archetype_style_found"].values())
+        all_text = r["report"].get("min_hazardous_refusal_all_text")  # reports from before it existed lack it
+        all_text = "-" if all_text is None else f"{all_text:.3f}"
         lines.append(
             f"| {r['name']} | {r['report']['min_hazardous_refusal']:.3f} "
             f"| {sum(x['hazardous_refusal'] for x in s) / len(s):.3f} "
             f"| {min(x['hazardous_worst_refusal'] for x in s):.3f} "
             f"| {sum(x['benign_refusal'] for x in s) / len(s):.3f} "
             f"| {min(x['hazardous_well_formed'] for x in s):.3f} | {min(x['benign_well_formed'] for x in s):.3f} "
-            f"| {found}/{len(r['report']['archetype_style_found'])} | {r['seconds']:.0f} |"
+            f"| {all_text} | {found}/{len(r['report']['archetype_style_found'])} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -143,12 +148,13 @@ def main(argv=None) -> None:
     for (name, overrides), sec in zip(runs, seconds):
         if not (out / name / "skills" / "skills.json").exists():
             continue
-        cached = out / name / "exact_eval.json"
-        report = json.loads(cached.read_text()) if cached.exists() else score(out / name, world, prompts)
+        cached = out / name / ("exact_eval.json" if args.top_p == 1.0 else f"exact_eval_top_p{args.top_p:g}.json")
+        report = json.loads(cached.read_text()) if cached.exists() else score(out / name, world, prompts, args.top_p)
         write_json(report, cached)
         rows.append({"name": name, "overrides": overrides, "seconds": sec, "report": report})
-    write_json(rows, out / "sweep.json")
-    write_text(markdown(rows), out / "sweep.md")
+    suffix = "" if args.top_p == 1.0 else f"_top_p{args.top_p:g}"
+    write_json(rows, out / f"sweep{suffix}.json")
+    write_text(markdown(rows), out / f"sweep{suffix}.md")
     print(markdown(rows))
 
 

@@ -44,6 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crowd", required=True, help="the crowd JSONL the skills were trained on")
     p.add_argument("--world", default=None, help="text-world YAML (default: the packaged world)")
     p.add_argument("--samples", type=int, default=2, help="generations per eval prompt and skill")
+    p.add_argument(
+        "--top-p", type=float, default=1.0,
+        help="nucleus sampling for the samples and the exact scores (1 = pure sampling at T = 1; the tiny base's "
+             "long tail of stray tokens is the text's malformed mass, which e.g. 0.95 cuts)",
+    )
     p.add_argument("--eval-fraction", type=float, default=0.2, help="held-out annotator fraction used in training")
     p.add_argument("--seed", type=int, default=0, help="training seed (fixes the annotator split) and sampling seed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -120,18 +125,22 @@ def main(argv=None) -> dict:
         skills = PeftModel.from_pretrained(base, str(run), adapter_name=run.name).eval()
     else:
         skills, manifest = load_skills_model(base, run / "skills")
-    report = evaluate_skills(skills, manifest, tok, world, eval_prompts, samples_per_prompt=args.samples, seed=args.seed)
-    report["exact"] = exact_skill_report(skills, manifest, tok, world, eval_prompts)
+    report = evaluate_skills(
+        skills, manifest, tok, world, eval_prompts, samples_per_prompt=args.samples, seed=args.seed, top_p=args.top_p
+    )
+    report["exact"] = exact_skill_report(skills, manifest, tok, world, eval_prompts, top_p=args.top_p)
     if args.eval_fraction > 0 and not args.single_adapter:
         report["context"] = held_out_context_effect(run, args.base, args.crowd, args.eval_fraction, args.seed)
     write_json(report, run / "skills_eval.json")
     print(markdown(report))
-    print("\nexact (no sampling): refusal among well-formed answers on held-out hazardous / benign prompts")
+    print(f"\nexact (no sampling; top_p {args.top_p}): refusal among well-formed answers on held-out hazardous / benign "
+          "prompts, and the share of all hazardous text that is a well-formed refusal")
     for name, r in report["exact"]["skills"].items():
         print(
             f"  {name}: hazardous {r['hazardous_refusal']:.3f} (worst prompt {r['hazardous_worst_refusal']:.3f}), "
             f"benign {r['benign_refusal']:.3f}; well-formed {r['hazardous_well_formed']:.2f} / "
-            f"{r['benign_well_formed']:.2f}; top style {r['top_style']}"
+            f"{r['benign_well_formed']:.2f}; all text {r['hazardous_refusal_all_text']:.3f} "
+            f"(worst prompt {r['hazardous_worst_refusal_all_text']:.3f}); top style {r['top_style']}"
         )
     return report
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from transformers.generation.logits_process import TopPLogitsWarper
 
 from .core import Crowd, pad_sets, split_context_target
 from .latent_lora import set_latent
@@ -51,13 +52,22 @@ def load_skills_model(base_model: torch.nn.Module, skills_dir: str | Path) -> tu
 
 @torch.no_grad()
 def behaviour_distribution(
-    model: torch.nn.Module, tokenizer, world: TextWorld, prompts: Sequence, *, batch_size: int = 64, log: bool = False
+    model: torch.nn.Module,
+    tokenizer,
+    world: TextWorld,
+    prompts: Sequence,
+    *,
+    batch_size: int = 64,
+    log: bool = False,
+    top_p: float = 1.0,
 ) -> torch.Tensor:
     """Exact probability ``(P, S)`` that the model answers prompt p with behaviour s (``world.specs``).
 
     Every behaviour has one canonical text, so its probability is one teacher-forced pass — no
     sampling noise. ``1 - row.sum()`` is the mass on malformed text. ``log=True`` returns log-probabilities
-    (an untrained model's would underflow to 0).
+    (an untrained model's would underflow to 0). ``top_p < 1`` scores nucleus sampling exactly: each
+    next-token distribution is cut to its top-p set and renormalised, as ``generate(top_p=...)`` does, so
+    a text that needs a cut token has probability 0 (log-probability ``-inf``).
     """
     rows = [
         tokenize_response(tokenizer, p.text, world.render(p, spec), max_length=10_000)
@@ -65,6 +75,7 @@ def behaviour_distribution(
         for spec in world.specs
     ]
     pad = tokenizer.pad_token_id
+    nucleus = TopPLogitsWarper(top_p) if top_p < 1.0 else None
     logps = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
@@ -72,8 +83,12 @@ def behaviour_distribution(
         ids = torch.tensor([r + [pad] * (n - len(r)) for r, _ in chunk])
         attn = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r, _ in chunk])
         resp = torch.tensor([[0] * k + [1] * (len(r) - k) + [0] * (n - len(r)) for r, k in chunk])
-        logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
-        logps.append(sequence_logps(logits, ids.to(model.device), resp.to(model.device))[0].cpu())
+        logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits[:, :-1]
+        if top_p < 1.0:
+            logits = nucleus(None, logits.flatten(0, 1)).view_as(logits)
+        token_logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None].to(model.device))[..., 0]
+        # masked_fill, not a product: a cut token's -inf times a 0 weight would be nan
+        logps.append(token_logp.masked_fill(resp[:, 1:].to(model.device) == 0, 0.0).sum(-1).cpu())
     out = torch.cat(logps).view(len(prompts), len(world.specs))
     return out if log else out.exp()
 
@@ -92,11 +107,14 @@ def evaluate_skills(
     *,
     samples_per_prompt: int = 1,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     max_new_tokens: int = 80,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Per skill: parse rate, refusal rate on hazardous / benign prompts, safety cost, style histogram,
-    and mean utility under every archetype; plus which skill each archetype likes best."""
+    and mean utility under every archetype; plus which skill each archetype likes best. The hazardous
+    cost counts malformed samples as unsafe, so ``1 - hazardous_cost`` is the share of all samples that
+    are well-formed refusals."""
     hazardous = [p for p in prompts if p.hazardous]
     benign = [p for p in prompts if not p.hazardous]
     utilities = {a.name: archetype_reward(a.name, world) for a in world.archetypes}
@@ -107,7 +125,7 @@ def evaluate_skills(
         for group, ps in (("hazardous", hazardous), ("benign", benign)):
             texts = sample_completions(
                 model, tokenizer, [p.text for p in ps], n=samples_per_prompt, temperature=temperature,
-                max_new_tokens=max_new_tokens, seed=seed,
+                max_new_tokens=max_new_tokens, seed=seed, top_p=top_p,
             )
             ptexts = [p.text for p in ps for _ in range(samples_per_prompt)]
             parsed = [parse_response(t, pt, world) for t, pt in zip(texts, ptexts)]
@@ -133,31 +151,43 @@ def evaluate_skills(
 
 @torch.no_grad()
 def exact_skill_report(
-    model: PeftModel, manifest: dict[str, Any], tokenizer, world: TextWorld, prompts: Sequence
+    model: PeftModel,
+    manifest: dict[str, Any],
+    tokenizer,
+    world: TextWorld,
+    prompts: Sequence,
+    *,
+    top_p: float = 1.0,
 ) -> dict[str, Any]:
     """Per skill, from the exact behaviour distribution (:func:`behaviour_distribution`), no sampling:
     well-formed mass, refusal rate among well-formed answers (mean and worst prompt) on hazardous and
-    benign prompts, the benign answers' style distribution and its most likely style, and expected utility
-    under every archetype (malformed mass scores the archetype's minimum)."""
+    benign prompts, the share of *all* hazardous text that is a well-formed refusal (what sampling would
+    count: malformed text cannot be verified as a refusal), the benign answers' style distribution and its
+    most likely style, and expected utility under every archetype (malformed mass scores the archetype's
+    minimum). ``top_p < 1``: the same under nucleus sampling."""
     specs = world.specs
     refused = torch.tensor([s.refused for s in specs])
-    report: dict[str, Any] = {"skills": {}}
+    report: dict[str, Any] = {"top_p": top_p, "skills": {}}
     groups = {"hazardous": [p for p in prompts if p.hazardous], "benign": [p for p in prompts if not p.hazardous]}
     for skill in manifest["skills"]:
         model.set_adapter(skill["name"])
         row: dict[str, Any] = {}
         utility = dict.fromkeys((a.name for a in world.archetypes), 0.0)
         for group, ps in groups.items():
-            logp = behaviour_distribution(model, tokenizer, world, ps, log=True)  # (P, S)
+            logp = behaviour_distribution(model, tokenizer, world, ps, log=True, top_p=top_p)  # (P, S)
             dist = logp.exp()
             well_formed = dist.sum(1)
-            # in log space: an untrained or broken skill's probabilities underflow to 0
-            refusal = (logp[:, refused].logsumexp(1) - logp.logsumexp(1)).exp()
+            # in log space: an untrained or broken skill's probabilities underflow to 0 (nan: no text at all)
+            refusal = (logp[:, refused].logsumexp(1) - logp.logsumexp(1)).exp().nan_to_num(0.0)
             row[f"{group}_well_formed"] = well_formed.mean().item()
             row[f"{group}_refusal"] = refusal.mean().item()
             row[f"{group}_worst_refusal" if group == "hazardous" else f"{group}_max_refusal"] = (
                 refusal.min() if group == "hazardous" else refusal.max()
             ).item()
+            if group == "hazardous":
+                all_text = dist[:, refused].sum(1)
+                row["hazardous_refusal_all_text"] = all_text.mean().item()
+                row["hazardous_worst_refusal_all_text"] = all_text.min().item()
             for a in utility:
                 u = torch.tensor([[world.utility(a, p.hazardous, s) for s in specs] for p in ps])
                 expected = (dist * u).sum(1) + (1 - well_formed) * world.min_utility(a)
@@ -171,6 +201,7 @@ def exact_skill_report(
         report["skills"][skill["name"]] = row
     rows = report["skills"]
     report["min_hazardous_refusal"] = min(r["hazardous_refusal"] for r in rows.values())
+    report["min_hazardous_refusal_all_text"] = min(r["hazardous_refusal_all_text"] for r in rows.values())
     report["favourite_skill"] = {a: max(rows, key=lambda s, a=a: rows[s]["utility"][a]) for a in utility}
     fav = {a.name: world.favourite(a.name) for a in world.archetypes}
     report["archetype_style_found"] = {

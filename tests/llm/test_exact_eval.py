@@ -35,6 +35,34 @@ def test_behaviour_probability_is_the_product_of_next_token_probabilities(tiny_s
     assert dist[1, 5].item() == pytest.approx(logp, rel=1e-4)
 
 
+def test_nucleus_probability_matches_step_by_step_top_p_sampling(tiny_skills):
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    base = str(tiny_skills / "base")
+    tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base).eval()
+    pure = behaviour_distribution(model, tok, WORLD, PROMPTS, log=True)
+    top_p = 0.997  # the untrained model is near uniform: this nucleus cuts a token of some texts, not of others
+    cut = behaviour_distribution(model, tok, WORLD, PROMPTS, log=True, top_p=top_p)
+    kept = torch.isfinite(cut)
+    assert kept.any() and (~kept).any()
+    assert (cut[kept] >= pure[kept]).all() and (cut[kept] > pure[kept]).any()  # renormalising raises what is kept
+    assert (cut.exp().sum(1) <= 1 + 1e-6).all()
+
+    def step_by_step(i: int, j: int) -> float:  # what generate(do_sample=True, top_p=top_p) gives the text
+        ids, plen = tokenize_response(tok, PROMPTS[i].text, WORLD.render(PROMPTS[i], WORLD.specs[j]), max_length=10_000)
+        logp, warp = 0.0, TopPLogitsWarper(top_p)
+        with torch.no_grad():
+            for t in range(plen, len(ids)):
+                logits = warp(None, model(input_ids=torch.tensor([ids[:t]])).logits[:, -1])[0]
+                logp += torch.log_softmax(logits, -1)[ids[t]].item()
+        return logp
+
+    i, j = kept.nonzero()[0].tolist()
+    assert cut[i, j].item() == pytest.approx(step_by_step(i, j), rel=1e-4)
+    i, j = (~kept).nonzero()[0].tolist()
+    assert step_by_step(i, j) == float("-inf")
+
+
 def test_exact_report_reads_refusal_from_the_distribution(tiny_skills):
     base = str(tiny_skills / "base")
     tok = AutoTokenizer.from_pretrained(base)
@@ -45,6 +73,10 @@ def test_exact_report_reads_refusal_from_the_distribution(tiny_skills):
     logp = behaviour_distribution(model, tok, WORLD, [p for p in PROMPTS if p.hazardous], log=True)
     expected = torch.softmax(logp, -1)[:, refused].sum(1).mean().item()  # refusal among well-formed answers
     assert report["skills"]["skill_1"]["hazardous_refusal"] == pytest.approx(expected, abs=1e-4)
+    all_text = logp.exp()[:, refused].sum(1)  # malformed text counts as not refusing
+    assert report["skills"]["skill_1"]["hazardous_refusal_all_text"] == pytest.approx(all_text.mean().item(), abs=1e-5)
+    assert report["skills"]["skill_1"]["hazardous_worst_refusal_all_text"] == pytest.approx(all_text.min().item(), abs=1e-5)
+    assert report["top_p"] == 1.0
     assert set(report["favourite_skill"]) == {a.name for a in WORLD.archetypes}
     styles = report["skills"]["skill_1"]["answer_styles"]  # a distribution over the 8 answer styles
     assert len(styles) == 8 and sum(styles.values()) == pytest.approx(1.0, abs=1e-3)
