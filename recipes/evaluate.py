@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
         methods, base_model=cfg["base_model"], task_reward=cfg["task_reward"], prompts=prompts,
         out_dir=args.out_dir or cfg["out_dir"], world=world,
         samples_per_prompt=args.samples_per_prompt or cfg.get("samples_per_prompt", 4),
-        temperature=cfg.get("temperature", 1.0), max_new_tokens=cfg.get("max_new_tokens", 80),
+        temperature=cfg.get("temperature", 1.0), top_p=cfg.get("top_p", 1.0), max_new_tokens=cfg.get("max_new_tokens", 80),
         seed=cfg.get("seed", 0),
     )
     out = Path(args.out_dir or cfg["out_dir"])

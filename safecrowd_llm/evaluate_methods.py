@@ -118,12 +118,14 @@ def evaluate_methods(
     world: Any = None,
     samples_per_prompt: int = 4,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     max_new_tokens: int = 80,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Generate, score and normalise every method; write ``results.json``/``results.md``/``reward_cost.png``.
 
     ``prompts`` are text-world ``Prompt`` objects (their hazard flag is ground truth for the cost).
+    ``top_p < 1`` samples from the nucleus, as a server would with that setting.
     """
     from transformers import AutoTokenizer
 
@@ -134,7 +136,9 @@ def evaluate_methods(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     texts = [p.text for p in prompts]
     sampling = {"n": samples_per_prompt, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
-    results: dict[str, Any] = {"methods": {}, "summary": {}}
+    if top_p < 1.0:
+        sampling["top_p"] = top_p
+    results: dict[str, Any] = {"sampling": sampling, "methods": {}, "summary": {}}
     for spec in tqdm(methods, desc="methods"):
         completions, skills = _generate(spec, base_model, tokenizer, texts, sampling)
         rows = []

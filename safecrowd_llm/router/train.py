@@ -57,6 +57,10 @@ class RouterArguments:
                           "it was scored with the same skills, task, prompts and sampling."},
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the scored completions."})
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus of the scored completions (1 = pure sampling): score the skills as they will be served."},
+    )
     max_new_tokens: int = field(default=80, metadata={"help": "Length limit of the scored completions."})
     beta_reg: float = field(
         default=0.05,
@@ -103,7 +107,7 @@ def load_prompts(path: str | None, world: str | None = None) -> list[str]:
 
 def score_skills(
     model: Any, tokenizer: Any, skill_names: Sequence[str], prompts: Sequence[str], reward_fn, *,
-    samples_per_prompt: int, temperature: float, max_new_tokens: int, seed: int,
+    samples_per_prompt: int, temperature: float, max_new_tokens: int, seed: int, top_p: float = 1.0,
 ) -> torch.Tensor:
     """``(P, K)`` mean task reward of each skill's sampled completions to each prompt."""
     table = torch.zeros(len(prompts), len(skill_names))
@@ -111,7 +115,7 @@ def score_skills(
         model.set_adapter(name)
         texts = sample_completions(
             model, tokenizer, prompts, n=samples_per_prompt, temperature=temperature,
-            max_new_tokens=max_new_tokens, seed=seed,
+            max_new_tokens=max_new_tokens, seed=seed, **({"top_p": top_p} if top_p < 1.0 else {}),
         )
         rewards = [float(reward_fn(prompts[i // samples_per_prompt], t)) for i, t in enumerate(texts)]
         table[:, k] = torch.tensor(rewards).view(len(prompts), samples_per_prompt).mean(1)
@@ -125,6 +129,8 @@ def _reward_table(args: RouterArguments, model, tokenizer, names, prompts, rewar
         "samples_per_prompt": args.samples_per_prompt, "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens, "seed": args.seed,
     }
+    if args.top_p < 1.0:  # tables scored before top_p existed stay valid
+        key["top_p"] = args.top_p
     path = Path(args.output_dir) / "skill_rewards.json"
     for source in (path, Path(args.reward_table) if args.reward_table else None):
         if source is not None and source.exists():
@@ -138,7 +144,7 @@ def _reward_table(args: RouterArguments, model, tokenizer, names, prompts, rewar
                 warnings.warn(f"{source}: scored with other {', '.join(differ)}; scoring the skills afresh", stacklevel=2)
     table = score_skills(
         model, tokenizer, names, prompts, reward_fn, samples_per_prompt=args.samples_per_prompt,
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, top_p=args.top_p,
     )
     write_json({"key": key, "skills": list(names), "rewards": table.tolist()}, path)
     return table

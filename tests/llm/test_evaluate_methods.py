@@ -51,6 +51,21 @@ def test_evaluate_methods_writes_results_table_and_plot(tiny_skills, tmp_path):
     assert (tmp_path / "reward_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_one_token_nucleus_decodes_greedily(tiny_skills, tmp_path):
+    held_out = WORLD.split_prompts()[1][:3]
+    kw = {"base_model": str(tiny_skills / "base"), "task_reward": "safecrowd_llm.textworld.judges.helpfulness",
+          "prompts": held_out, "world": WORLD, "max_new_tokens": 6}
+    methods = [MethodSpec("base", "base")]
+    nucleus = evaluate_methods(methods, out_dir=tmp_path / "p", samples_per_prompt=2, top_p=1e-6, **kw)
+    greedy = evaluate_methods(methods, out_dir=tmp_path / "g", samples_per_prompt=1, temperature=0.0, **kw)
+    pure = evaluate_methods(methods, out_dir=tmp_path / "s", samples_per_prompt=2, **kw)
+    texts = [r["completion"] for r in nucleus["methods"]["base"]["rows"]]
+    first = [r["completion"] for r in greedy["methods"]["base"]["rows"]]
+    assert texts == [t for t in first for _ in range(2)]  # only the most likely token is ever kept
+    assert [r["completion"] for r in pure["methods"]["base"]["rows"]] != texts  # the untrained model, sampled, is not
+    assert json.loads((tmp_path / "p" / "results.json").read_text())["sampling"]["top_p"] == 1e-6
+
+
 def test_method_spec_errors_name_the_method(tmp_path):
     with pytest.raises(ValueError, match="method 'x': kind must be"):
         MethodSpec("x", "policy", str(tmp_path))

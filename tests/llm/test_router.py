@@ -97,6 +97,10 @@ def test_a_sweep_reuses_another_routers_table_only_when_it_matches(tiny_skills, 
     with pytest.warns(UserWarning, match="temperature"):
         train_router(other)  # scored afresh: the table was sampled at another temperature
     assert json.loads((tmp_path / "c" / "skill_rewards.json").read_text())["key"]["temperature"] == 0.5
+    nucleus = _args(tiny_skills, tmp_path / "d", steps=5, top_p=0.9, reward_table=str(table))
+    with pytest.warns(UserWarning, match="top_p"):
+        train_router(nucleus)  # a table of pure samples is not one of nucleus samples
+    assert json.loads((tmp_path / "d" / "skill_rewards.json").read_text())["key"]["top_p"] == 0.9
 
 
 def test_changed_skills_directory_is_refused(tiny_skills, tmp_path):
