@@ -5,6 +5,7 @@
     safecrowd-pipeline --crowd 10:1           # a crowd whose 'thorough' archetype outnumbers 'breezy' 10:1
     safecrowd-pipeline --related              # also P-Soups, MaxMin-RLHF, Safe RLHF and plain VPL
     safecrowd-pipeline --task concise         # another new task on the same skills (in OUT/tasks/concise)
+    safecrowd-pipeline --top_p 0.95           # the sampled comparison from the nucleus, as a server would decode
 
 Stages (each a recipe a user can also run by hand; a finished stage is skipped, so a stopped run resumes):
 crowd -> SFT tiny base -> Safe-CPL skills -> pooled reward r_hat -> router (task reward only; one for sampled
@@ -33,7 +34,7 @@ __all__ = ["PROFILES", "Stage", "main", "stages"]
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 OMEGAS = (0.25, 0.5, 0.75)
 BETAS = {"full": (0.0, 0.2, 1.0), "quick": ()}  # ours' beta_reg sweep, beside the router config's own value
-DECODINGS = {"": [], "_greedy": ["--temperature", "0", "--samples_per_prompt", "1"]}  # router dir suffix -> flags
+GREEDY = ["--temperature", "0", "--samples_per_prompt", "1"]  # the greedy router's flags (replacing the profile's)
 RELATED = ("psoups", "maxmin", "safe_rlhf", "plain_vpl")
 JUDGES = "safecrowd_llm.textworld.judges"  # the text world's task rewards: JUDGES.<task>
 
@@ -86,8 +87,19 @@ def task_home(out: Path, task: str) -> Path:
     return out if task == TASKS[0] else out / "tasks" / task
 
 
-def stages(out: Path, profile: str, crowd: str | None, related: bool = False, task: str = "helpfulness") -> list[Stage]:
+def sampled_suffix(top_p: float = 1.0) -> str:
+    """Suffix of the sampled decoding's router and eval directories: none for pure sampling (T = 1), else
+    ``_top_p<P>``, so nucleus runs sit beside pure ones in the same run."""
+    if not 0.0 < top_p <= 1.0:
+        raise SystemExit(f"--top_p must be in (0, 1], got {top_p}")
+    return "" if top_p == 1.0 else f"_top_p{top_p:g}"
+
+
+def stages(
+    out: Path, profile: str, crowd: str | None, related: bool = False, task: str = "helpfulness", top_p: float = 1.0
+) -> list[Stage]:
     over = PROFILES[profile]
+    sampled = sampled_suffix(top_p)
     py = sys.executable
     home, reward = task_home(out, task), ["--task_reward", f"{JUDGES}.{task}"]
     world, base, skills = out / "world", out / "base", out / "skills_cpl"
@@ -113,10 +125,11 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False, ta
     ]
     # one router for sampled decoding and one for greedy (each skill scored on its most likely answer),
     # each with its beta_reg sweep (the sweep reuses the router's scored table)
-    for suffix, flags in DECODINGS.items():
+    nucleus = ["--top_p", str(top_p)] if sampled else []
+    for suffix, flags in ((sampled, [*over.get("router", []), *nucleus]), ("_greedy", GREEDY)):
         router = home / f"router{suffix}"
         command = [py, _recipe("train_router.py"), "--config", _recipe("textworld_router.yaml"), *reward,
-                   "--skills_dir", str(skills / "skills"), *(flags or over.get("router", []))]
+                   "--skills_dir", str(skills / "skills"), *flags]
         name = "router" + suffix.replace("_", " ")
         result.append(Stage(name, [*command, "--output_dir", str(router)], router / "router.json", ("skills",)))
         for beta in BETAS[profile]:
@@ -135,8 +148,8 @@ def stages(out: Path, profile: str, crowd: str | None, related: bool = False, ta
     if related:
         result += related_stages(out, over, common, task)
     trained = tuple(s.name for s in result)
-    result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(home / "evaluate.yaml"),
-                                     *over.get("evaluate", [])], home / "eval" / "results.md", trained))
+    result.append(Stage("evaluate", [py, _recipe("evaluate.py"), "--config", str(home / f"evaluate{sampled}.yaml"),
+                                     *over.get("evaluate", [])], home / f"eval{sampled}" / "results.md", trained))
     result.append(Stage("evaluate greedy", [py, _recipe("evaluate.py"), "--config", str(home / "evaluate_greedy.yaml")],
                         home / "eval_greedy" / "results.md", trained))
     return result
@@ -165,11 +178,13 @@ def related_stages(out: Path, over: dict[str, list[str]], common: list[str], tas
 
 
 def write_evaluate_config(
-    out: Path, related: bool = False, betas: tuple[float, ...] = (), task: str = "helpfulness"
+    out: Path, related: bool = False, betas: tuple[float, ...] = (), task: str = "helpfulness", top_p: float = 1.0
 ) -> Path:
     """The comparison of this run on ``task``: ours against every baseline, on the world's held-out prompts,
-    decoded by sampling (``evaluate.yaml``) and greedily (``evaluate_greedy.yaml``: every method's most
-    likely answer, and the router trained on the skills' greedy answers); both in :func:`task_home`."""
+    decoded by sampling (``evaluate.yaml``; ``evaluate_top_p<P>.yaml`` from the nucleus, with the router
+    trained on nucleus samples) and greedily (``evaluate_greedy.yaml``: every method's most likely answer,
+    and the router trained on the skills' greedy answers); both in :func:`task_home`."""
+    sampled = sampled_suffix(top_p)
     home = task_home(out, task)
     home.mkdir(parents=True, exist_ok=True)
     methods = [
@@ -184,12 +199,12 @@ def write_evaluate_config(
         methods[-1:-1] = [{"name": name.replace("_", "-"), "kind": "adapter", "path": str(home / "related" / name)}
                           for name in RELATED]
     cfg = {"base_model": str(out / "base"), "task_reward": f"{JUDGES}.{task}",
-           "out_dir": str(home / "eval"), "samples_per_prompt": 16, "temperature": 1.0, "max_new_tokens": 80,
-           "seed": 0, "cpu_threads": 1, "methods": methods}
-    path = home / "evaluate.yaml"
-    greedy = {**cfg, "out_dir": str(home / "eval_greedy"), "samples_per_prompt": 1, "temperature": 0.0,
+           "out_dir": str(home / f"eval{sampled}"), "samples_per_prompt": 16, "temperature": 1.0, "top_p": top_p,
+           "max_new_tokens": 80, "seed": 0, "cpu_threads": 1, "methods": methods}
+    path = home / f"evaluate{sampled}.yaml"
+    greedy = {**cfg, "out_dir": str(home / "eval_greedy"), "samples_per_prompt": 1, "temperature": 0.0, "top_p": 1.0,
               "methods": _with_beta_sweep(methods, home, "_greedy", betas)}
-    cfg["methods"] = _with_beta_sweep(methods, home, "", betas)
+    cfg["methods"] = _with_beta_sweep(methods, home, sampled, betas)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     (home / "evaluate_greedy.yaml").write_text(yaml.safe_dump(greedy, sort_keys=False))
     return path
@@ -277,6 +292,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the new task the router and the baselines are trained on (text-world judges: helpfulness = "
                         "answer everything in detail, concise = briefly, structured = as a formal bulleted list); "
                         "tasks other than helpfulness live in OUT/tasks/TASK and reuse OUT's crowd, base and skills")
+    p.add_argument("--top_p", type=float, default=1.0,
+                   help="decode the sampled comparison from the nucleus (e.g. 0.95, as servers do): its router is "
+                        "trained on nucleus samples too; router and eval go to router_top_pP / eval_top_pP beside the "
+                        "pure-sampling ones (default 1: pure sampling at T = 1)")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages (names as printed)")
     p.add_argument("--jobs", type=int, default=min(4, _cpus()),
                    help="stages run side by side when none needs the other's output (each uses one thread; default: "
@@ -291,15 +310,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_evaluate_config(out, args.related, BETAS[args.profile], args.task)
+    write_evaluate_config(out, args.related, BETAS[args.profile], args.task, args.top_p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    todo, home = stages(out, args.profile, args.crowd, args.related, args.task), task_home(out, args.task)
+    todo = stages(out, args.profile, args.crowd, args.related, args.task, args.top_p)
+    home, sampled = task_home(out, args.task), sampled_suffix(args.top_p)
     if args.only:
         todo = [s for s in todo if s.name in args.only or s.name.split()[0] in args.only]
     start = time.perf_counter()
     run_stages(todo, args.jobs, env, out / "logs")
-    for folder, decoding in (("eval", "sampled at temperature 1"), ("eval_greedy", "greedy")):
+    nucleus = f", top_p {args.top_p:g}" if sampled else ""
+    for folder, decoding in ((f"eval{sampled}", f"sampled at temperature 1{nucleus}"), ("eval_greedy", "greedy")):
         if (home / folder / "results.md").exists():
             print(f"\nTask {args.task}, decoded {decoding}:\n{(home / folder / 'results.md').read_text()}\n"
                   f"results: {home / folder / 'results.json'}; plot: {home / folder / 'reward_cost.png'}")

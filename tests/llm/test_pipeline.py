@@ -73,6 +73,23 @@ def test_imbalanced_crowd_and_evaluation_config(tmp_path):
     assert router.command[router.command.index("--temperature") + 1] == "0"
 
 
+def test_nucleus_decoding_gets_its_own_router_and_evaluation(tmp_path):
+    todo = {s.name: s for s in pipeline.stages(tmp_path, "quick", None, top_p=0.95)}
+    router = todo["router top p0.95"]
+    assert router.command[router.command.index("--top_p") + 1] == "0.95"
+    assert router.command[router.command.index("--samples_per_prompt") + 1] == "2"  # the profile's flags stay
+    assert router.done == tmp_path / "router_top_p0.95" / "router.json" and "router" not in todo
+    assert "--top_p" not in todo["router greedy"].command
+    assert todo["evaluate"].done == tmp_path / "eval_top_p0.95" / "results.md"
+    cfg = yaml.safe_load(pipeline.write_evaluate_config(tmp_path, top_p=0.95).read_text())
+    assert cfg["top_p"] == 0.95 and cfg["out_dir"] == str(tmp_path / "eval_top_p0.95")
+    assert next(m for m in cfg["methods"] if m["name"] == "ours")["path"] == str(tmp_path / "router_top_p0.95")
+    greedy = yaml.safe_load((tmp_path / "evaluate_greedy.yaml").read_text())
+    assert greedy["top_p"] == 1.0
+    with pytest.raises(SystemExit, match="top_p"):
+        pipeline.stages(tmp_path, "quick", None, top_p=0.0)
+
+
 def test_finished_stages_are_skipped(tmp_path, monkeypatch, capsys):
     calls = []
 
