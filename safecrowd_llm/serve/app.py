@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    backend: Backend, tokenizer: Any, picker: SkillPicker, *, default_max_tokens: int = 256
+    backend: Backend, tokenizer: Any, picker: SkillPicker, *, default_max_tokens: int = 256, default_top_p: float = 1.0
 ) -> FastAPI:
-    """The app; its lifespan starts the backend and closes it on shutdown (after in-flight requests)."""
+    """The app; its lifespan starts the backend and closes it on shutdown (after in-flight requests).
+    ``default_top_p`` is the nucleus of requests that set no ``top_p``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -119,7 +120,8 @@ def create_app(
                 code="context_length_exceeded",
             )
         skill = await picker.pick(req.model, route_text)  # after validation: the router is not free
-        params = GenerationParams(max_tokens, req.temperature, req.top_p, tuple(req.stop_list), req.seed)
+        top_p = default_top_p if req.top_p is None else req.top_p
+        params = GenerationParams(max_tokens, req.temperature, top_p, tuple(req.stop_list), req.seed)
         chunks = backend.stream(ids, skill, params)
         meta = {"id": new_id("chatcmpl" if chat else "cmpl"), "model": req.model, "skill": skill}
         headers = {SKILL_HEADER: skill}

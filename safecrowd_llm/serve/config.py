@@ -61,6 +61,12 @@ class ServeArguments:
         default=256,
         metadata={"help": "Completion length when a request gives no max_tokens (capped by the context)."},
     )
+    default_top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus (top_p) of a request that sets none, as vLLM takes it from a model's generation "
+                          "config: e.g. 0.95 cuts the long tail of stray tokens a small model samples at temperature 1 "
+                          "(on the text world's tiny base, every malformed refusal of the skills). 1 = OpenAI's default."},
+    )
     max_batch_size: int = field(
         default=8, metadata={"help": "Embedded backend: most requests generated together in one batch."}
     )
@@ -121,6 +127,8 @@ class ServeArguments:
         for name in ("default_max_tokens", "max_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.default_top_p <= 1.0:
+            raise ValueError(f"default_top_p must be in (0, 1], got {self.default_top_p}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if not 0 <= self.port < 65536 or not 0 <= self.vllm_port < 65536:

@@ -79,7 +79,7 @@ class _Request(BaseModel):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)  # None: the server's default_top_p
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None

@@ -103,7 +103,9 @@ def build_app(args: ServeArguments, router: RouterLike | None = None) -> FastAPI
         )
         chosen = pick_router(None)  # the router loads the model it needs itself
     picker = SkillPicker(args.served_model_name, list(skills), chosen, backend)
-    return create_app(backend, tokenizer, picker, default_max_tokens=args.default_max_tokens)
+    return create_app(
+        backend, tokenizer, picker, default_max_tokens=args.default_max_tokens, default_top_p=args.default_top_p
+    )
 
 
 def serve(args: ServeArguments, app: FastAPI | None = None) -> None:

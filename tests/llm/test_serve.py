@@ -329,5 +329,8 @@ def test_cli_help_and_defaults(capsys, skills_dir):
     assert ServeArguments(skills_dir="x").host == "127.0.0.1"
     with pytest.raises(ValueError, match="backend"):
         ServeArguments(skills_dir="x", backend="tgi")
+    assert "--default_top_p" in out and ServeArguments(skills_dir="x").default_top_p == 1.0  # OpenAI's default
+    with pytest.raises(ValueError, match="default_top_p"):
+        ServeArguments(skills_dir="x", default_top_p=0.0)
 
 

@@ -87,7 +87,7 @@ def test_vllm_backend_forwards_token_ids_to_the_chosen_lora(skills_dir):
 
     seen: list[dict] = []
     upstream = _start(_fake_vllm(seen))
-    args = ServeArguments(skills_dir=str(skills_dir), backend="vllm", vllm_url=upstream.url)
+    args = ServeArguments(skills_dir=str(skills_dir), backend="vllm", vllm_url=upstream.url, default_top_p=0.95)
     srv = _start(build_app(args, router=KeywordRouter(skills_dir)))
     try:
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -98,6 +98,9 @@ def test_vllm_backend_forwards_token_ids_to_the_chosen_lora(skills_dir):
         assert completion.choices[0].message.content == f"skill_2 saw {len(ids)}"
         assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 2
         assert streamed_text(client, "skill_1", POEM, max_tokens=8) == f"skill_1 saw {len(ids)}"
+        assert seen[-1]["temperature"] == 1.0 and seen[-1]["top_p"] == 0.95  # the server's default nucleus
+        streamed_text(client, "skill_1", POEM, max_tokens=8, top_p=0.5)
+        assert seen[-1]["top_p"] == 0.5  # the request's own
         r = post(srv, "/v1/completions", {"model": "skill_0", "prompt": "x", "max_tokens": 200})
         assert "vLLM rejected the request: max_tokens too large" in _error(r, 400)["message"]
         _stop(upstream)
