@@ -135,9 +135,8 @@ def evaluate_methods(
     reward_fn = load_reward(task_reward)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     texts = [p.text for p in prompts]
-    sampling = {"n": samples_per_prompt, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
-    if top_p < 1.0:
-        sampling["top_p"] = top_p
+    sampling = {"n": samples_per_prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                "seed": seed}
     results: dict[str, Any] = {"sampling": sampling, "methods": {}, "summary": {}}
     for spec in tqdm(methods, desc="methods"):
         completions, skills = _generate(spec, base_model, tokenizer, texts, sampling)

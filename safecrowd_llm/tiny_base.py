@@ -188,6 +188,7 @@ def sample_completions(
     max_new_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 64,
+    top_p: float = 1.0,
     **generate_kwargs: Any,
 ) -> list[str]:
     """``n`` sampled completions per prompt (prompt-major: all of prompt 0's first), as plain text.
@@ -195,11 +196,12 @@ def sample_completions(
     Each prompt is a user message (string, ``Prompt`` or message list) rendered with the chat template
     and ``add_generation_prompt=True`` — exactly how SFT rendered it. Batches are left-padded; text is
     cut at the first ``eos``. ``temperature`` 0 is greedy (each prompt decoded once, its text repeated
-    ``n`` times); sampling is pure (top_k 0, top_p 1) unless ``generate_kwargs`` say otherwise.
+    ``n`` times; ``top_p`` is then ignored); sampling is pure (top_k 0) from the ``top_p`` nucleus (1: all
+    of it) unless ``generate_kwargs`` say otherwise.
     Deterministic given ``seed`` and ``batch_size``; the global RNG and the model's train/eval mode are
     left as they were.
     """
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
     if temperature <= 0:
         sampling = {"do_sample": False}
     kwargs = {**sampling, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}

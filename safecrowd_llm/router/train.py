@@ -115,7 +115,7 @@ def score_skills(
         model.set_adapter(name)
         texts = sample_completions(
             model, tokenizer, prompts, n=samples_per_prompt, temperature=temperature,
-            max_new_tokens=max_new_tokens, seed=seed, **({"top_p": top_p} if top_p < 1.0 else {}),
+            max_new_tokens=max_new_tokens, seed=seed, top_p=top_p,
         )
         rewards = [float(reward_fn(prompts[i // samples_per_prompt], t)) for i, t in enumerate(texts)]
         table[:, k] = torch.tensor(rewards).view(len(prompts), samples_per_prompt).mean(1)
